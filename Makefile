@@ -1,0 +1,25 @@
+# The two commands a newcomer needs:
+#   make run    - a real self-rewarding run (M0 -> M1 -> M2 -> M3) with SmolLM2-135M on this machine
+#   make test   - the test suite against a real Kafka broker, the real model and the real helm
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/srlm
+VENV ?= $(CACHE)/venv
+CONFIG ?= configs/tiny.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install test run protos bench
+
+install:
+	deploy/bootstrap.sh
+
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+run: install
+	$(VENV)/bin/srlm run --up --config $(CONFIG)
+
+protos: install
+	$(VENV)/bin/python protos/generate.py
+
+bench: install
+	$(VENV)/bin/python bench/bus.py

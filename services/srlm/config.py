@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "SRLM_"
 
@@ -47,6 +47,7 @@ class KafkaConfig(Section):
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
     # Topic defaults, applied by the topic registry when it creates topics.
+    topic_prefix: str = Field("srlm", pattern=r"^[A-Za-z0-9._-]+$", description="topics are named <prefix>.<what>")
     partitions: int = Field(4, ge=1, description="partitions of the data topics")
     replication_factor: int = Field(1, ge=1)
     retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1, description="data topics; -1 keeps forever")
@@ -58,6 +59,10 @@ class KafkaConfig(Section):
     max_poll_records: int = Field(16, ge=1)
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_interval_ms: int = Field(1_800_000, ge=1000, description="a batch of generation may take long on CPU")
+    # Delivery: read-process-write in one Kafka transaction (outputs + input offsets).
+    exactly_once: bool = Field(True, description="transactions; False: at-least-once, consumers dedupe by id")
+    transaction_timeout_ms: int = Field(60_000, ge=1000, description="broker aborts a transaction left open longer")
+    linger_ms: int = Field(5, ge=0, description="producer batching delay")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection and security keywords shared by kafka-python's clients."""
@@ -107,6 +112,7 @@ class EngineConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     enforce_eager: bool = True
+    seed: int = Field(0, description="vLLM engine seed (on CPU vLLM takes no per-request seed)")
 
 
 class BaseModelConfig(Section):
@@ -169,38 +175,67 @@ class PairsConfig(Section):
     length_control_margin: float = Field(0.25, ge=0, description="score margin that counts as near-top")
 
 
-class SFTConfig(Section):
-    """M0 -> M1 on IFT + EFT (paper: lr 5.5e-6 cosine to 1.1e-6, batch 16, loss on targets only)."""
+class TrainingSection(Section):
+    """Fields shared by SFT and DPO: batching, checkpoints, dropout, LoRA, precision.
 
-    learning_rate: float = Field(5.5e-6, gt=0)
-    final_learning_rate: float = Field(1.1e-6, ge=0)
-    batch_size: int = Field(16, ge=1)
+    The paper (section 3.2) trains both stages with batch size 16 and dropout 0.1, decaying the
+    learning rate from ``learning_rate`` to ``final_learning_rate`` by the end of training.
+    """
+
+    learning_rate: float = Field(gt=0)
+    final_learning_rate: float = Field(ge=0)
+    lr_schedule: Literal["cosine", "linear"] = Field(description="decay from learning_rate to final_learning_rate")
+    batch_size: int = Field(16, ge=1, description="paper: 16 (effective: per-device batch x accumulation x devices)")
     per_device_batch_size: int = Field(2, ge=1)
     num_epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="-1: use num_epochs")
     max_length: int = Field(1024, ge=16)
-    save_steps: int = Field(50, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="paper: 0.1; set on the model's dropout fields while training")
+    save_steps: int = Field(50, ge=1, description="checkpoint interval (optimizer steps); a restart resumes from the last")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept in the work dir")
+    keep_checkpoints: bool = Field(False, description="keep the work dir after publishing (default: removed)")
+    logging_steps: int = Field(1, ge=1, description="optimizer steps between progress reports")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in backward: less memory, ~25% slower")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="fp32 weights with bf16 autocast, or fp32; auto: bf16 on GPUs that support it, fp32 on CPU")
     use_lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @model_validator(mode="after")
+    def _check_schedule_and_batch(self) -> "TrainingSection":
+        if self.final_learning_rate >= self.learning_rate:
+            raise ValueError(f"final_learning_rate ({self.final_learning_rate}) must be below "
+                             f"learning_rate ({self.learning_rate})")
+        if self.batch_size % self.per_device_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of "
+                             f"per_device_batch_size ({self.per_device_batch_size})")
+        return self
 
 
-class DPOConfig(Section):
+class SFTConfig(TrainingSection):
+    """M0 -> M1 on IFT + EFT (paper: lr 5.5e-6 cosine to 1.1e-6, batch 16, loss on targets only)."""
+
+    learning_rate: float = Field(5.5e-6, gt=0)
+    final_learning_rate: float = Field(1.1e-6, ge=0)
+    lr_schedule: Literal["cosine", "linear"] = Field("cosine", description="paper: cosine")
+
+
+class DPOConfig(TrainingSection):
     """M_t -> M_{t+1} with reference M_t (paper: beta 0.1, lr 1e-6 decaying to 1e-7, batch 16)."""
 
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(1e-6, gt=0)
     final_learning_rate: float = Field(1e-7, ge=0)
-    batch_size: int = Field(16, ge=1)
-    per_device_batch_size: int = Field(2, ge=1)
-    num_epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="-1: use num_epochs")
-    max_length: int = Field(1024, ge=16)
+    lr_schedule: Literal["cosine", "linear"] = Field("linear", description="the paper names no shape: linear")
     loss_type: Literal["sigmoid", "ipo", "sigmoid+nll"] = "sigmoid"
     nll_weight: float = Field(1.0, ge=0, description="weight of the NLL term for sigmoid+nll (RPO)")
-    save_steps: int = Field(50, ge=1)
-    use_lora: bool = False
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+
+# AlpacaEval subsets kept for evaluation (eval gate); never seed/training data.
+HELDOUT_ALPACAEVAL_SUBSETS = ("vicuna", "selfinstruct")
 
 
 class SeedDataConfig(Section):
@@ -211,6 +246,20 @@ class SeedDataConfig(Section):
     alpacaeval_subsets: list[str] = Field(default_factory=lambda: ["oasst", "helpful_base", "koala"])
     max_ift: int = Field(3200, ge=1)
     max_eft: int = Field(1630, ge=0)
+    language: str = Field("en", description="paper: English first-turn prompts only (oasst 'lang')")
+    eft_eval_fraction: float = Field(0.25, ge=0, lt=1,
+                                     description="EFT prompts held out for judge evaluation (paper: 531 eval vs 1,630 train)")
+    eft_balance_scores: bool = Field(True, description="paper: down-sample the most common EFT scores so scores are evenly represented")
+    eft_judge_attempts: int = Field(3, ge=1, description="judge samples tried per EFT answer set before it is dropped")
+    eft_answer_max_tokens: int = Field(256, ge=1, description="length of the model answers EFT compares with the reference")
+
+    @field_validator("alpacaeval_subsets")
+    @classmethod
+    def _heldout_subsets_stay_out(cls, subsets: list[str]) -> list[str]:
+        heldout = sorted(set(HELDOUT_ALPACAEVAL_SUBSETS) & set(subsets))
+        if heldout:
+            raise ValueError(f"{heldout} are held out for evaluation and cannot be seed data")
+        return subsets
 
 
 class EvalGateConfig(Section):
@@ -240,6 +289,7 @@ class RunConfig(Section):
 class ServicePorts(Section):
     grpc: int = Field(ge=0, le=65535)
     metrics: int = Field(ge=0, le=65535)
+    host: str | None = Field(None, description="address clients dial for this service (Kubernetes: its Service name); None: services.host")
 
 
 class ServicesConfig(Section):
@@ -253,6 +303,26 @@ class ServicesConfig(Section):
     max_prompt_chars: int = Field(32_000, ge=1, description="longer gRPC inputs get INVALID_ARGUMENT")
     max_n: int = Field(64, ge=1)
     mode: Literal["local", "kubernetes"] = "local"
+
+
+class KubernetesConfig(Section):
+    """The controller's Kubernetes mode (services.mode: kubernetes): DPO rounds as Jobs from the
+    chart's template, promotions as rollouts of the inference Deployments. The Helm chart fills
+    this section; with no api_server/kubeconfig the in-cluster ServiceAccount is used."""
+
+    namespace: str | None = Field(None, description="None: the pod's own namespace (in-cluster)")
+    kubeconfig: Path | None = Field(None, description="a kubeconfig file instead of the in-cluster config")
+    api_server: str | None = Field(None, description="API server URL, used with token_file")
+    token_file: Path | None = Field(None, description="bearer token (e.g. a ServiceAccount token) for api_server")
+    ca_file: Path | None = Field(None, description="CA bundle for api_server; None: no TLS verification")
+    inference_deployments: list[str] = Field(default_factory=list,
+                                             description="Deployments whose SRLM_MODEL_VERSION a promotion advances")
+    controller_deployment: str | None = Field(None, description="owner of the training Jobs (garbage-collected with it)")
+    job_template_configmap: str = Field("srlm-dpo-job", description="ConfigMap holding the DPO Job template")
+    job_template_key: str = Field("job.yaml", description="key of the template in that ConfigMap")
+    job_timeout_s: float = Field(24 * 3600, gt=0, description="a DPO round that runs longer is failed")
+    rollout_timeout_s: float = Field(1800, gt=0, description="a rollout not complete by then is rolled back")
+    poll_interval_s: float = Field(2.0, gt=0)
 
 
 class SRLMConfig(Section):
@@ -270,6 +340,7 @@ class SRLMConfig(Section):
     eval_gate: EvalGateConfig = EvalGateConfig()
     run: RunConfig = RunConfig()
     services: ServicesConfig = ServicesConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

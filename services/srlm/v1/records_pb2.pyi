@@ -116,18 +116,6 @@ class ChatMessage(_message.Message):
     content: str
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
-class Prompt(_message.Message):
-    __slots__ = ("meta", "text", "source", "demonstration_ids")
-    META_FIELD_NUMBER: _ClassVar[int]
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    SOURCE_FIELD_NUMBER: _ClassVar[int]
-    DEMONSTRATION_IDS_FIELD_NUMBER: _ClassVar[int]
-    meta: RecordMeta
-    text: str
-    source: PromptSource
-    demonstration_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., text: _Optional[str] = ..., source: _Optional[_Union[PromptSource, str]] = ..., demonstration_ids: _Optional[_Iterable[str]] = ...) -> None: ...
-
 class SamplingParams(_message.Message):
     __slots__ = ("n", "temperature", "top_p", "max_tokens", "stop", "seed")
     N_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +132,22 @@ class SamplingParams(_message.Message):
     seed: int
     def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class Prompt(_message.Message):
+    __slots__ = ("meta", "text", "source", "demonstration_ids", "sampling", "judging")
+    META_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEMONSTRATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    JUDGING_FIELD_NUMBER: _ClassVar[int]
+    meta: RecordMeta
+    text: str
+    source: PromptSource
+    demonstration_ids: _containers.RepeatedScalarFieldContainer[str]
+    sampling: SamplingParams
+    judging: SamplingParams
+    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., text: _Optional[str] = ..., source: _Optional[_Union[PromptSource, str]] = ..., demonstration_ids: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+
 class Candidate(_message.Message):
     __slots__ = ("candidate_id", "index", "text", "num_tokens", "finish_reason")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -159,18 +163,20 @@ class Candidate(_message.Message):
     def __init__(self, candidate_id: _Optional[str] = ..., index: _Optional[int] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ...) -> None: ...
 
 class CandidateSet(_message.Message):
-    __slots__ = ("meta", "prompt_id", "prompt", "params", "candidates")
+    __slots__ = ("meta", "prompt_id", "prompt", "params", "candidates", "judging")
     META_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    JUDGING_FIELD_NUMBER: _ClassVar[int]
     meta: RecordMeta
     prompt_id: str
     prompt: str
     params: SamplingParams
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., prompt_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    judging: SamplingParams
+    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., prompt_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class JudgeSample(_message.Message):
     __slots__ = ("output", "parsed", "score")

@@ -1,0 +1,184 @@
+"""Kafka data-plane benchmark: throughput and produce->consume latency of pair-sized records.
+
+    python bench/bus.py                      # starts its own broker in a temporary directory
+    python bench/bus.py --bootstrap H:P      # or uses a running one
+
+For 1 and 4 partitions it measures
+  * max-rate: records/s from the first send to the last record consumed, through srlm's typed
+    producer (protobuf PreferencePair of ~2 KB, srlm headers, acks=all, idempotent) and a
+    read_committed consumer that decodes every record. The same run with kafka-python given
+    pre-serialised bytes (no srlm layer) is the baseline the srlm rows are compared to;
+  * paced: p50/p99 latency from send() to the consumer holding the decoded record, at a fixed
+    1,000 records/s.
+Producer and consumer are separate processes (as services are); latency uses the wall clock
+both share. Targets on the 2-core dev machine: >= 10,000 records/s; p99 <= 50 ms at 1,000/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from srlm.bus import RecordProducer, TopicRegistry, ensure_topics
+from srlm.bus.envelope import decode_record
+from srlm.bus.local_broker import LocalKafkaBroker
+from srlm.config import KafkaConfig
+from srlm.v1 import records_pb2 as pb
+
+TARGET_RPS = 10_000
+TARGET_P99_MS = 50.0
+SENT_AT = "bench-sent-ns"
+
+
+def pair(i: int) -> pb.PreferencePair:
+    """A preference pair of about 2 KB, like the judge produces."""
+    text = "The quick brown fox jumps over the lazy dog. "
+    return pb.PreferencePair(meta=pb.RecordMeta(run_id="bench", iteration=2, model_version="bench/m2",
+                                                id=f"pair-{i:08d}", trace_id=f"trace-{i}"),
+                             prompt_id=f"prompt-{i:08d}", prompt=text * 6, chosen=text * 18, rejected=text * 18,
+                             chosen_score=4.5, rejected_score=2.0,
+                             chosen_candidate_id=f"c-{i}-0", rejected_candidate_id=f"c-{i}-3")
+
+
+@dataclass
+class Row:
+    scenario: str
+    client: str
+    partitions: int
+    records: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.records / self.seconds
+
+    def pct(self, q: float) -> float:
+        return statistics.quantiles(self.latencies_ms, n=100)[q - 1] if len(self.latencies_ms) > 1 else float("nan")
+
+
+def consume(cfg_json: str, topic_name: str, count: int, ready, results) -> None:
+    """Child process: read ``count`` records, decode each, note when the last arrived."""
+    cfg = KafkaConfig.model_validate_json(cfg_json)
+    topic = TopicRegistry.from_config(cfg).by_name(topic_name)
+    consumer = KafkaConsumer(**cfg.client_kwargs(), group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed", auto_offset_reset="earliest",
+                             fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20)
+    tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    consumer.poll(timeout_ms=100)  # connect before the producer starts
+    ready.set()
+    latencies, seen = [], 0
+    while seen < count:
+        for raws in consumer.poll(timeout_ms=500, max_records=2000).values():
+            now = time.time_ns()
+            for raw in raws:
+                record = decode_record(raw, topic, cfg.max_record_bytes)
+                latencies.append((now - int(record.headers[SENT_AT])) / 1e6)
+                seen += 1
+    results.put((time.time_ns(), latencies))
+    consumer.close()
+
+
+def run(cfg: KafkaConfig, scenario: str, client: str, partitions: int, records: int,
+        rate: float | None = None) -> Row:
+    cfg = cfg.model_copy(update={"partitions": partitions,
+                                 "topic_prefix": f"bench-{client}-{partitions}-{time.time_ns()}"})
+    topics = TopicRegistry.from_config(cfg)
+    ensure_topics(cfg, [topics.pairs])
+    ctx = mp.get_context("fork")
+    ready, results = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=consume, args=(cfg.model_dump_json(), topics.pairs.name, records, ready, results))
+    child.start()
+    ready.wait(60)
+    msgs = [pair(i) for i in range(records)]
+    if client == "srlm":
+        producer = RecordProducer(cfg, topics)
+        send = lambda i: producer.send(topics.pairs, msgs[i], key=msgs[i].prompt_id,  # noqa: E731
+                                       headers={SENT_AT: str(time.time_ns())})
+        flush = producer.flush
+    else:  # the baseline: kafka-python with bytes prepared in advance
+        producer = KafkaProducer(**cfg.client_kwargs(), acks="all", linger_ms=cfg.linger_ms)
+        values = [(m.prompt_id.encode(), m.SerializeToString()) for m in msgs]
+        send = lambda i: producer.send(topics.pairs.name, key=values[i][0], value=values[i][1],  # noqa: E731
+                                       headers=[(SENT_AT, str(time.time_ns()).encode()),
+                                                ("srlm-schema", b"srlm.v1.PreferencePair")])
+        flush = producer.flush
+    start = time.time_ns()
+    for i in range(records):
+        if rate:
+            delay = start / 1e9 + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        send(i)
+    flush()
+    end, latencies = results.get(timeout=300)
+    child.join(30)
+    producer.close()
+    row = Row(scenario, client, partitions, records, (end - start) / 1e9, latencies)
+    print(f"  {scenario} {client} {partitions}p: {row.rps:,.0f} records/s, p99 {row.pct(99):.1f} ms", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", help="a running broker (default: start one)")
+    parser.add_argument("--records", type=int, default=20_000, help="records per max-rate run")
+    parser.add_argument("--paced-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    broker = None
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        broker = LocalKafkaBroker(Path(tempfile.mkdtemp(prefix="srlm-bench-kafka-"))).start()
+        bootstrap = broker.bootstrap_servers
+    cfg = KafkaConfig(bootstrap_servers=[bootstrap])
+    print(f"broker {bootstrap}; record = PreferencePair of {pair(0).ByteSize()} bytes; "
+          f"acks=all, idempotent, linger {cfg.linger_ms} ms", flush=True)
+    rows: list[Row] = []
+    try:
+        run(cfg, "warmup", "srlm", 1, 2000)  # JIT-warm the broker, connect paths
+        for partitions in (1, 4):
+            rows.append(run(cfg, "max-rate", "kafka-python", partitions, args.records))
+            rows.append(run(cfg, "max-rate", "srlm", partitions, args.records))
+            rows.append(run(cfg, "paced 1000/s", "srlm", partitions, int(1000 * args.paced_seconds), rate=1000))
+        memory = broker.memory() if broker else {}
+    finally:
+        if broker:
+            broker.stop()
+
+    baseline = {r.partitions: r.rps for r in rows if r.client == "kafka-python"}
+    print()
+    print(f"{'scenario':<14}{'client':<14}{'partitions':>10}{'records':>9}{'records/s':>11}"
+          f"{'p50 ms':>9}{'p99 ms':>9}{'vs 10k/s':>10}{'vs baseline':>13}")
+    for r in rows:
+        vs_base = f"{r.rps / baseline[r.partitions]:.2f}x" if r.client == "srlm" and r.scenario == "max-rate" else ""
+        print(f"{r.scenario:<14}{r.client:<14}{r.partitions:>10}{r.records:>9}{r.rps:>11,.0f}"
+              f"{r.pct(50):>9.1f}{r.pct(99):>9.1f}{r.rps / TARGET_RPS:>9.2f}x{vs_base:>13}")
+    if memory:
+        mib = {k: v / (1 << 20) for k, v in memory.items()}
+        print(f"\nbroker memory: heap max {mib['heap_max']:.0f} MiB, heap committed "
+              f"{mib.get('heap_committed', float('nan')):.0f} MiB, heap used {mib.get('heap_used', float('nan')):.0f} MiB, "
+              f"RSS {mib.get('rss', float('nan')):.0f} MiB (peak {mib.get('rss_peak', float('nan')):.0f} MiB)")
+    paced = [r for r in rows if r.scenario.startswith("paced")]
+    best = max(r.rps for r in rows if r.client == "srlm" and r.scenario == "max-rate")
+    print(f"targets: max-rate >= {TARGET_RPS:,}/s: best srlm {best:,.0f}/s "
+          f"({'met' if best >= TARGET_RPS else 'NOT met'}); p99 <= {TARGET_P99_MS:.0f} ms at 1,000/s: "
+          + ", ".join(f"{r.partitions}p {r.pct(99):.1f} ms" for r in paced)
+          + f" ({'met' if all(r.pct(99) <= TARGET_P99_MS for r in paced) else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

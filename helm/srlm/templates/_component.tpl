@@ -1,0 +1,131 @@
+{{/*
+A long-running srlm service: its Deployment, Service and PodDisruptionBudget.
+Arguments (dict): root (the chart's context), name (promptgen | sampler | judge | trainer |
+controller), values (its values section), inference (true: serves a model version, mounts
+the model store read-only), serviceAccount, automountToken.
+*/}}
+{{- define "srlm.component" -}}
+{{- $fullName := include "srlm.componentName" . -}}
+{{- $autoscaled := and .values.autoscaling .values.autoscaling.enabled -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $fullName }}
+  labels:
+    {{- include "srlm.labels" . | nindent 4 }}
+spec:
+  {{- if not $autoscaled }}
+  replicas: {{ .values.replicas | default 1 }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  progressDeadlineSeconds: {{ .root.Values.progressDeadlineSeconds }}
+  strategy:
+    {{- if eq .name "controller" }}
+    # One controller at a time: it owns the run state.
+    type: Recreate
+    {{- else }}
+    # GPUs are scarce: replace pods one by one instead of surging an extra GPU pod.
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 0, maxUnavailable: 1}
+    {{- end }}
+  selector:
+    matchLabels:
+      {{- include "srlm.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "srlm.labels" . | nindent 8 }}
+      annotations:
+        {{- include "srlm.podAnnotations" . | nindent 8 }}
+        {{- if and .inference .root.Values.model.version }}
+        srlm.dev/model-version: {{ .root.Values.model.version | quote }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ .serviceAccount }}
+      automountServiceAccountToken: {{ .automountToken }}
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: 60
+      {{- include "srlm.podCommon" . | trim | nindent 6 }}
+      containers:
+        - name: {{ .name }}
+          image: {{ include "srlm.image" . }}
+          imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+          args: [serve, {{ .name }}]
+          ports:
+            - {name: grpc, containerPort: {{ .values.ports.grpc }}, protocol: TCP}
+            - {name: metrics, containerPort: {{ .values.ports.metrics }}, protocol: TCP}
+          env:
+            {{- include "srlm.env" . | nindent 12 }}
+            {{- if and .inference .root.Values.model.version }}
+            - name: SRLM_MODEL_VERSION
+              value: {{ .root.Values.model.version | quote }}
+            {{- end }}
+          resources:
+            {{- toYaml .values.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml .root.Values.containerSecurityContext | nindent 12 }}
+          {{- include "srlm.probes" . | nindent 10 }}
+          volumeMounts:
+            {{- include "srlm.volumeMounts" (merge (dict "modelsReadOnly" .inference) .) | nindent 12 }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $fullName }}
+  labels:
+    {{- include "srlm.labels" . | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "srlm.selectorLabels" . | nindent 4 }}
+  ports:
+    - {name: grpc, port: {{ .values.ports.grpc }}, targetPort: grpc, protocol: TCP, appProtocol: kubernetes.io/h2c}
+    - {name: metrics, port: {{ .values.ports.metrics }}, targetPort: metrics, protocol: TCP, appProtocol: http}
+{{- if and .values.pdb .values.pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ $fullName }}
+  labels:
+    {{- include "srlm.labels" . | nindent 4 }}
+spec:
+  maxUnavailable: {{ .values.pdb.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "srlm.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- if $autoscaled }}
+---
+# Sampler and judge are consumer-group members: KEDA adds pods while their topic lags.
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ $fullName }}
+  labels:
+    {{- include "srlm.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    name: {{ $fullName }}
+  minReplicaCount: {{ .values.autoscaling.minReplicas }}
+  maxReplicaCount: {{ .values.autoscaling.maxReplicas }}
+  triggers:
+    - type: kafka
+      metadata:
+        bootstrapServers: {{ join "," .root.Values.kafka.bootstrapServers | quote }}
+        consumerGroup: {{ .values.autoscaling.consumerGroup | quote }}
+        topic: {{ .values.autoscaling.topic | quote }}
+        lagThreshold: {{ .values.autoscaling.lagThreshold | quote }}
+      {{- with .values.autoscaling.authenticationRef }}
+      authenticationRef:
+        name: {{ . }}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* An inference or training service: runs under the workload ServiceAccount, no API token. */}}
+{{- define "srlm.workload" -}}
+{{- include "srlm.component" (dict "root" .root "name" .name "values" (get .root.Values .name)
+      "inference" .inference "serviceAccount" (include "srlm.workloadServiceAccount" .root)
+      "automountToken" false) -}}
+{{- end -}}

@@ -1,0 +1,198 @@
+{{/* Names ------------------------------------------------------------------------- */}}
+
+{{- define "srlm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<release>-<chart>", or the release alone when it already contains the chart name. */}}
+{{- define "srlm.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's resource name; the prefix is cut at 40 so this stays a valid label value. */}}
+{{- define "srlm.componentName" -}}
+{{- printf "%s-%s" (include "srlm.fullname" .root) .name -}}
+{{- end -}}
+
+{{- define "srlm.controllerServiceAccount" -}}
+{{- printf "%s-controller" (include "srlm.fullname" .) -}}
+{{- end -}}
+
+{{- define "srlm.workloadServiceAccount" -}}
+{{- include "srlm.fullname" . -}}
+{{- end -}}
+
+{{- define "srlm.configMapName" -}}
+{{- printf "%s-config" (include "srlm.fullname" .) -}}
+{{- end -}}
+
+{{- define "srlm.jobTemplateName" -}}
+{{- printf "%s-dpo-job" (include "srlm.fullname" .) -}}
+{{- end -}}
+
+{{- define "srlm.claimName" -}}
+{{- .Values.modelStore.existingClaim | default (printf "%s-models" (include "srlm.fullname" .)) -}}
+{{- end -}}
+
+{{/* Labels ------------------------------------------------------------------------ */}}
+
+{{- define "srlm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "srlm.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .name }}
+{{- end -}}
+
+{{- define "srlm.labels" -}}
+{{ include "srlm.selectorLabels" . }}
+app.kubernetes.io/part-of: srlm
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Labels of the whole release (resources that belong to no single component). */}}
+{{- define "srlm.releaseLabels" -}}
+{{ include "srlm.labels" (dict "root" . "name" "srlm") }}
+{{- end -}}
+
+{{/* Pods ----------------------------------------------------------------------------- */}}
+
+{{- define "srlm.image" -}}
+{{- $tag := .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%s-%s" .root.Values.image.repository $tag .values.imageVariant -}}
+{{- end -}}
+
+{{/* nodeSelector, tolerations and affinity: the component's pool, then its own values. */}}
+{{- define "srlm.scheduling" -}}
+{{- $pool := dict "nodeSelector" dict "tolerations" list "affinity" dict -}}
+{{- if .values.pool -}}
+{{- $pool = get .root.Values.pools .values.pool -}}
+{{- end -}}
+{{- $nodeSelector := merge (deepCopy (.values.nodeSelector | default dict)) (deepCopy ($pool.nodeSelector | default dict)) -}}
+{{- $tolerations := concat ($pool.tolerations | default list) (.values.tolerations | default list) -}}
+{{- $affinity := .values.affinity | default $pool.affinity -}}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment every srlm container gets: the config file and Kafka credentials. */}}
+{{- define "srlm.env" -}}
+- name: SRLM_CONFIG
+  value: /etc/srlm/config.yaml
+- name: POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
+{{- with .root.Values.kafka.sasl.existingSecret }}
+- name: SRLM_KAFKA__SASL_PLAIN_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.root.Values.kafka.sasl.usernameKey }}}
+- name: SRLM_KAFKA__SASL_PLAIN_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.root.Values.kafka.sasl.passwordKey }}}
+{{- end }}
+{{- with .values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "srlm.volumeMounts" -}}
+- name: config
+  mountPath: /etc/srlm/config.yaml
+  subPath: config.yaml
+  readOnly: true
+- name: models
+  mountPath: {{ .root.Values.modelStore.mountPath }}
+  readOnly: {{ .modelsReadOnly | default false }}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- if .root.Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/srlm/kafka-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "srlm.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "srlm.configMapName" .root }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "srlm.claimName" .root }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .root.Values.tmpSizeLimit }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .root.Values.shmSizeLimit }}
+{{- with .root.Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod spec fields shared by every srlm pod (Deployments and the DPO Job). */}}
+{{- define "srlm.podCommon" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- include "srlm.scheduling" . }}
+volumes:
+  {{- include "srlm.volumes" . | nindent 2 }}
+{{- end -}}
+
+{{/* Pod annotations: roll the pods when the srlm config changes. */}}
+{{- define "srlm.podAnnotations" -}}
+checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
+{{- with .values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* gRPC probes on the standard health service (grpc.health.v1). */}}
+{{- define "srlm.probes" -}}
+{{- $p := .root.Values.probes -}}
+startupProbe:
+  grpc: {port: {{ .values.ports.grpc }}}
+  periodSeconds: {{ $p.startup.periodSeconds }}
+  failureThreshold: {{ $p.startup.failureThreshold }}
+livenessProbe:
+  grpc: {port: {{ .values.ports.grpc }}}
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+readinessProbe:
+  grpc: {port: {{ .values.ports.grpc }}}
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+{{- end -}}

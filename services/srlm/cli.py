@@ -1,0 +1,152 @@
+"""The ``srlm`` command.
+
+    srlm up --config configs/tiny.yaml          # local broker + the five services
+    srlm run --config configs/tiny.yaml [--up]  # start a run, show its progress, write the report
+    srlm serve sampler --config ...              # one service (what a container runs)
+    srlm status [RUN_ID] | srlm models [--run RUN_ID]
+    srlm models import-smollm2                    # M0 into the model store
+    srlm inspect pair PAIR_ID                     # provenance of a preference pair
+    srlm train dpo --run-id R --iteration I --base-version V --out-version W   # a training Job
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from srlm.config import ConfigError, SRLMConfig, load_config
+
+SERVICES = ("controller", "promptgen", "sampler", "judge", "trainer")
+
+
+def _config(args: argparse.Namespace) -> SRLMConfig:
+    return load_config(getattr(args, "config", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    from srlm.runtime.server import run_until_signal
+
+    handle = importlib.import_module(f"srlm.{args.name}.service").start(_config(args))
+    run_until_signal(handle)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from srlm.local import LocalStack
+
+    with LocalStack(_config(args), args.config, work_dir=args.work_dir) as stack:
+        print(f"srlm is up: broker {stack.bootstrap_servers}, controller {stack.controller_address}. Ctrl-C stops it.")
+        stack.wait()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from srlm.console import run_with_progress
+
+    return run_with_progress(_config(args), args.config, up=args.up, work_dir=args.work_dir,
+                             report_dir=args.report_dir)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from srlm.console import print_status
+
+    return print_status(_config(args), args.run_id)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from srlm.models.store import ModelStore
+
+    config = _config(args)
+    store = ModelStore(config.model_store.root)
+    if args.action == "import-smollm2":
+        from srlm.models.importer import import_base_model
+
+        manifest = import_base_model(store, source=args.source or config.base_model.source,
+                                     version_id=args.version_id, gguf_file=config.base_model.gguf_file)
+        print(f"{manifest.version_id}: {store.path(manifest.version_id)}")
+        return 0
+    for m in store.list(args.run):
+        status, reason = store.status(m.version_id)
+        metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(m.metrics.items())[:6])
+        print(f"{m.version_id:24} {m.kind:5} parent={m.parent_id or '-':20} {status:11} {metrics} {reason}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from srlm.console import inspect_pair
+
+    return inspect_pair(_config(args), args.pair_id)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from srlm.trainer.service import train_from_command_line
+
+    return train_from_command_line(_config(args), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srlm", description="Self-Rewarding Language Models as services.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="YAML config (default: $SRLM_CONFIG); SRLM_A__B variables override it")
+        return p
+
+    p = with_config(sub.add_parser("serve", help="run one service"))
+    p.add_argument("name", choices=SERVICES)
+    p.set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("up", help="local broker and all services"))
+    p.add_argument("--work-dir", default="runs/local", help="broker data and service logs")
+    p.set_defaults(func=cmd_up)
+
+    p = with_config(sub.add_parser("run", help="start a run and follow it to the end"))
+    p.add_argument("--up", action="store_true", help="start the local broker and services first")
+    p.add_argument("--work-dir", default="runs/local")
+    p.add_argument("--report-dir", default=None, help="default: runs/reports/<run id>")
+    p.set_defaults(func=cmd_run)
+
+    p = with_config(sub.add_parser("status", help="runs and their stages"))
+    p.add_argument("run_id", nargs="?")
+    p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("models", help="model versions; import-smollm2 imports M0"))
+    p.add_argument("action", nargs="?", choices=["list", "import-smollm2"], default="list")
+    p.add_argument("--run", default=None)
+    p.add_argument("--source", default=None, help="hub id or local folder (default: base_model.source)")
+    p.add_argument("--version-id", default="m0")
+    p.set_defaults(func=cmd_models)
+
+    p = with_config(sub.add_parser("inspect", help="provenance of a record"))
+    p.add_argument("what", choices=["pair"])
+    p.add_argument("pair_id")
+    p.set_defaults(func=cmd_inspect)
+
+    p = with_config(sub.add_parser("train", help="one training round (what a Kubernetes Job runs)"))
+    p.add_argument("kind", choices=["sft", "dpo"])
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--iteration", type=int, required=True)
+    p.add_argument("--base-version", required=True)
+    p.add_argument("--out-version", required=True)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"srlm: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""What the operator sees: ``srlm run`` (live progress, then the report), ``srlm status`` and
+``srlm inspect pair``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from srlm.config import SRLMConfig
+from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
+
+console = Console()
+BARS = [("prompts", "prompts", "prompts_total"), ("candidates", "candidate_sets", "prompts_total"),
+        ("judgments", "judgment_sets", "prompts_total"), ("pairs", "pairs", "judgment_sets")]
+
+
+def _stage(stage: int) -> str:
+    return records_pb2.Stage.Name(stage).removeprefix("STAGE_").lower()
+
+
+def follow_run(controller: services_pb2_grpc.ControllerStub, trainer: services_pb2_grpc.TrainerStub,
+               run_id: str) -> records_pb2.RunState:
+    """Rich progress bars per stage until the run is done or failed."""
+    with Progress(TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        tasks: dict[tuple[int, str], int] = {}
+        train_task: dict[int, int] = {}
+        stop = threading.Event()
+
+        def poll_training() -> None:
+            while not stop.wait(2.0):
+                try:
+                    s = trainer.GetTrainStatus(services_pb2.TrainStatusRequest(run_id=run_id), timeout=5)
+                except grpc.RpcError:
+                    continue
+                if s.total_steps:
+                    if s.iteration not in train_task:
+                        train_task[s.iteration] = progress.add_task(f"i{s.iteration} training steps", total=s.total_steps)
+                    progress.update(train_task[s.iteration], completed=s.step, total=s.total_steps)
+
+        poller = threading.Thread(target=poll_training, daemon=True)
+        poller.start()
+        try:
+            for event in controller.WatchRun(services_pb2.WatchRunRequest(run_id=run_id)):
+                if event.message != "progress":
+                    progress.console.log(f"[bold]{_stage(event.stage)}[/] i{event.iteration}: {event.message}")
+                p = event.progress
+                for label, key, total_key in BARS:
+                    if key in p and total_key in p:
+                        k = (event.iteration, label)
+                        if k not in tasks:
+                            tasks[k] = progress.add_task(f"i{event.iteration} {label}", total=p[total_key])
+                        progress.update(tasks[k], completed=p[key], total=p[total_key])
+        finally:
+            stop.set()
+    return controller.GetRun(services_pb2.GetRunRequest(run_id=run_id))
+
+
+def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, work_dir: str,
+                      report_dir: str | None) -> int:
+    from srlm.controller.report import write_report
+    from srlm.local import LocalStack
+
+    stack = LocalStack(config, config_path, work_dir).start() if up else None
+    try:
+        host = config.services.host
+        address = stack.controller_address if stack else f"{host}:{config.services.controller.grpc}"
+        trainer_address = stack.address("trainer") if stack else f"{host}:{config.services.trainer.grpc}"
+        started = time.monotonic()
+        with grpc.insecure_channel(address) as channel, grpc.insecure_channel(trainer_address) as trainer_channel:
+            controller = services_pb2_grpc.ControllerStub(channel)
+            state = controller.StartRun(services_pb2.StartRunRequest(run_id=config.run.run_id or ""),
+                                        wait_for_ready=True, timeout=60)
+            console.print(f"run [bold]{state.run_id}[/] started")
+            state = follow_run(controller, services_pb2_grpc.TrainerStub(trainer_channel), state.run_id)
+        out = Path(report_dir or Path("runs") / "reports" / state.run_id)
+        report = write_report(config, state, out, wall_seconds=time.monotonic() - started)
+        console.print(f"run {state.run_id}: {_stage(state.stage)} in {time.monotonic() - started:.0f}s; "
+                      f"serving {state.serving_version}; report {out / 'report.json'} ({len(report['plots'])} plots)")
+        return 0 if state.stage == records_pb2.STAGE_DONE else 1
+    finally:
+        if stack:
+            stack.stop()
+
+
+def print_status(config: SRLMConfig, run_id: str | None) -> int:
+    from srlm.runtime.pipeline import read_topic
+
+    runs: dict[str, records_pb2.RunState] = {}
+    for state in read_topic(config, "runs"):
+        runs[state.run_id] = state
+    if run_id and run_id not in runs:
+        print(f"srlm: unknown run {run_id!r}", file=sys.stderr)
+        return 1
+    table = Table("run", "stage", "iteration", "serving", "iterations (prompts/pairs/version/gate)")
+    for rid, s in runs.items():
+        if run_id and rid != run_id:
+            continue
+        its = "; ".join(f"i{it.iteration}: {it.prompts}/{it.pairs}/{it.output_version or '-'}/"
+                        f"{'promoted' if it.promoted else (it.gate_reason[:40] or '-')}" for it in s.iterations)
+        table.add_row(rid, _stage(s.stage), str(s.iteration), s.serving_version, its)
+    console.print(table)
+    return 0
+
+
+def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
+    """Everything that made a pair: run, iteration, prompt, all candidates, every judgment, versions."""
+    from srlm.runtime.pipeline import read_topic
+
+    pair = next((p for p in read_topic(config, "pairs") if p.meta.id == pair_id), None)
+    if pair is None:
+        print(f"srlm: no pair {pair_id!r} on srlm.pairs", file=sys.stderr)
+        return 1
+    judgments = next((j for j in read_topic(config, "judgments")
+                      if j.meta.run_id == pair.meta.run_id and j.prompt_id == pair.prompt_id), None)
+    cands = next((c for c in read_topic(config, "candidates")
+                  if c.meta.run_id == pair.meta.run_id and c.prompt_id == pair.prompt_id), None)
+    prompt = next((p for p in read_topic(config, "prompts") if p.meta.id == pair.prompt_id), None)
+    console.rule(f"pair {pair_id}")
+    console.print(f"run {pair.meta.run_id}, iteration {pair.meta.iteration}, made by model {pair.meta.model_version}")
+    console.print(f"prompt {pair.prompt_id}" + (f" (written by {prompt.meta.model_version}, demonstrations "
+                                                 f"{list(prompt.demonstration_ids)})" if prompt else "") + f":\n{pair.prompt}")
+    scores = {jc.candidate_id: jc for jc in (judgments.candidates if judgments else [])}
+    for c in (cands.candidates if cands else []):
+        role = "CHOSEN" if c.candidate_id == pair.chosen_candidate_id else \
+            "REJECTED" if c.candidate_id == pair.rejected_candidate_id else ""
+        jc = scores.get(c.candidate_id)
+        console.rule(f"{c.candidate_id} {role} mean score {jc.mean_score if jc and jc.num_parsed else 'n/a'}")
+        console.print(c.text)
+        for i, s in enumerate(jc.samples if jc else []):
+            console.print(f"[dim]judgment {i} ({'score ' + str(s.score) if s.parsed else 'unparsed'}):[/] {s.output}")
+    if judgments:
+        console.print(f"decision: {records_pb2.PairDecision.Name(judgments.decision)}: {judgments.reason}")
+    return 0

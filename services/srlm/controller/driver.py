@@ -1,0 +1,297 @@
+"""A run as a state machine: M0 -> SFT -> (prompts -> candidates -> judgments -> DPO ->
+eval gate -> promote) per iteration -> done.
+
+Every step is idempotent and its outcome is saved to the compacted topic ``srlm.runs``
+before the next one starts, so a restarted controller resumes a run at the step it was
+in: commands are re-sent with the same ids (their consumers recognise them), and versions
+and datasets have deterministic names in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Protocol
+
+from srlm.config import SRLMConfig
+from srlm.controller.gate import GateResult, evaluate
+from srlm.controller.tracker import Tracker
+from srlm.judge.stage import Judge
+from srlm.models.importer import import_base_model
+from srlm.models.store import ModelStore
+from srlm.runtime.records import meta
+from srlm.runtime.runconfig import from_yaml
+from srlm.v1 import records_pb2
+
+log = logging.getLogger(__name__)
+
+S = records_pb2
+TERMINAL = (S.STAGE_DONE, S.STAGE_FAILED)
+STAGE_NAMES = {v: k.removeprefix("STAGE_").lower() for k, v in S.Stage.items()}
+
+
+class Publisher(Protocol):
+    def send(self, topic: str, key: str, msg) -> None: ...
+    def flush(self) -> None: ...
+
+
+class Promoter(Protocol):
+    def promote(self, version_id: str) -> float:
+        """Make the inference services serve ``version_id``; returns the seconds it took."""
+
+
+def version_id(run_id: str, index: int) -> str:
+    """M_index of a run: ``<run>.m0`` (base), ``.m1`` (SFT), ``.m2``, ``.m3`` (DPO)."""
+    return f"{run_id}.m{index}"
+
+
+class RunDriver:
+    def __init__(self, config: SRLMConfig, store: ModelStore, tracker: Tracker, publisher: Publisher,
+                 promoter: Promoter, judge_factory: Callable[[], Judge],
+                 trainer_launcher: Callable[[records_pb2.IterationCommand], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.tracker = tracker
+        self.publisher = publisher
+        self.promoter = promoter
+        self._judge_factory = judge_factory
+        self._judge: Judge | None = None
+        # Kubernetes mode runs DPO as a Job; locally the trainer service takes the command.
+        self.trainer_launcher = trainer_launcher or (lambda cmd: self._send("commands", cmd.meta.run_id, cmd))
+        self._last_progress: dict[tuple[str, int], dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _send(self, topic: str, key: str, msg) -> None:
+        self.publisher.send(topic, key, msg)
+        self.publisher.flush()
+
+    def save(self, state: records_pb2.RunState, message: str, **progress: float) -> None:
+        """Persist the state, then announce the step (WatchRun streams these events)."""
+        state.updated_at.GetCurrentTime()
+        self._send("runs", state.run_id, state)
+        event = records_pb2.RunEvent(run_id=state.run_id, iteration=state.iteration, stage=state.stage,
+                                     message=message, progress=progress)
+        event.time.GetCurrentTime()
+        self._send("events", state.run_id, event)
+        log.info("run %s: [%s] %s", state.run_id, STAGE_NAMES[state.stage], message)
+
+    def _report_progress(self, state: records_pb2.RunState) -> None:
+        """While a stage waits on the data plane: an event whenever its counts move."""
+        key = (state.run_id, state.iteration)
+        progress = self.tracker.progress(*key)
+        if progress != self._last_progress.get(key):
+            self._last_progress[key] = progress
+            event = records_pb2.RunEvent(run_id=state.run_id, iteration=state.iteration, stage=state.stage,
+                                         message="progress", progress=progress)
+            event.time.GetCurrentTime()
+            self._send("events", state.run_id, event)
+
+    def _command(self, state: records_pb2.RunState, kind: int, suffix: str, **fields) -> records_pb2.IterationCommand:
+        cmd = records_pb2.IterationCommand(
+            meta=meta(state.run_id, state.iteration, state.serving_version, f"{state.run_id}.i{state.iteration}.{suffix}"),
+            kind=kind, config_yaml=state.config_yaml, **fields)
+        return cmd
+
+    def _current(self, state: records_pb2.RunState) -> records_pb2.IterationState:
+        for it in state.iterations:
+            if it.iteration == state.iteration:
+                return it
+        return state.iterations.add(iteration=state.iteration, input_version=state.serving_version)
+
+    def judge(self) -> Judge:
+        if self._judge is None:
+            self._judge = self._judge_factory()
+        return self._judge
+
+    # ------------------------------------------------------------------ the machine
+
+    def start(self, run_id: str, run_config: SRLMConfig) -> records_pb2.RunState:
+        from srlm.runtime.runconfig import to_yaml
+
+        state = records_pb2.RunState(run_id=run_id, config_yaml=to_yaml(run_config), stage=S.STAGE_BASE)
+        state.started_at.GetCurrentTime()
+        self.save(state, "run started")
+        return state
+
+    def advance(self, state: records_pb2.RunState) -> bool:
+        """Take the next step if it can be taken now; True when the state changed."""
+        if state.stage in TERMINAL:
+            return False
+        cfg = from_yaml(state.config_yaml, self.config)
+        try:
+            step = {
+                S.STAGE_BASE: self._base, S.STAGE_SFT: self._sft, S.STAGE_PROMPTS: self._prompts,
+                S.STAGE_CANDIDATES: self._candidates, S.STAGE_JUDGMENTS: self._judgments,
+                S.STAGE_TRAINING: self._training, S.STAGE_EVAL: self._eval, S.STAGE_PROMOTE: self._promote,
+            }[state.stage]
+            return step(state, cfg)
+        except Exception as err:  # noqa: BLE001 - a failed run is recorded, the controller goes on
+            log.exception("run %s failed in %s", state.run_id, STAGE_NAMES[state.stage])
+            state.error = f"{STAGE_NAMES[state.stage]}: {type(err).__name__}: {err}"
+            state.stage = S.STAGE_FAILED
+            self.save(state, f"failed: {state.error}")
+            return True
+
+    def _base(self, state, cfg: SRLMConfig) -> bool:
+        m0 = version_id(state.run_id, 0)
+        import_base_model(self.store, source=cfg.base_model.source, version_id=m0, gguf_file=cfg.base_model.gguf_file)
+        state.serving_version = m0
+        if cfg.run.skip_sft:
+            return self._serve(state, cfg, m0, "base model (no SFT)")
+        state.stage = S.STAGE_SFT
+        self.save(state, f"{m0} imported; SFT to {version_id(state.run_id, 1)}")
+        self.trainer_launcher(self._command(state, S.COMMAND_KIND_TRAIN_SFT, "sft", base_version=m0,
+                                            output_version=version_id(state.run_id, 1)))
+        return True
+
+    def _published(self, version: str) -> bool:
+        return version in self.tracker.models or self.store.exists(version)
+
+    def _sft(self, state, cfg: SRLMConfig) -> bool:
+        m1 = version_id(state.run_id, 1)
+        if not self._published(m1):
+            return False
+        return self._serve(state, cfg, m1, "SFT model (M1) serves without a gate")
+
+    def _serve(self, state, cfg: SRLMConfig, version: str, reason: str) -> bool:
+        """Promote ``version`` outside an iteration (M0 or M1) and start iteration 1."""
+        seconds = self.promoter.promote(version)
+        self.store.set_status(version, "promoted", reason)
+        self._publish_status(version, S.MODEL_STATUS_PROMOTED, reason)
+        state.serving_version = version
+        return self._next_iteration(state, cfg, f"{version} promoted ({reason}) in {seconds:.1f}s")
+
+    def _next_iteration(self, state, cfg: SRLMConfig, message: str) -> bool:
+        if state.iteration >= cfg.run.iterations:
+            state.stage = S.STAGE_DONE
+            self.save(state, message + "; run done")
+            return True
+        state.iteration += 1
+        state.stage = S.STAGE_PROMPTS
+        it = self._current(state)
+        it.stage = S.STAGE_PROMPTS
+        self.save(state, message + f"; iteration {state.iteration} starts with {state.serving_version}")
+        self._send("commands", state.run_id, self._command(
+            state, S.COMMAND_KIND_GENERATE_PROMPTS, "prompts", num_prompts=cfg.self_instruct.num_prompts))
+        return True
+
+    def resume(self, state: records_pb2.RunState) -> None:
+        """After a controller restart: re-send the command of the step the run is in."""
+        cfg = from_yaml(state.config_yaml, self.config)
+        if state.stage == S.STAGE_PROMPTS:
+            self._send("commands", state.run_id, self._command(
+                state, S.COMMAND_KIND_GENERATE_PROMPTS, "prompts", num_prompts=cfg.self_instruct.num_prompts))
+        elif state.stage == S.STAGE_SFT:
+            self.trainer_launcher(self._command(state, S.COMMAND_KIND_TRAIN_SFT, "sft",
+                                                base_version=version_id(state.run_id, 0),
+                                                output_version=version_id(state.run_id, 1)))
+        elif state.stage == S.STAGE_TRAINING:
+            self.trainer_launcher(self._dpo_command(state))
+
+    def _prompts(self, state, cfg) -> bool:
+        view = self.tracker.iteration(state.run_id, state.iteration)
+        if view.prompts_total is None:
+            return False
+        it = self._current(state)
+        it.prompts = view.prompts_total
+        state.stage = it.stage = S.STAGE_CANDIDATES
+        self.save(state, f"{it.prompts} prompts written", prompts_total=it.prompts)
+        return True
+
+    def _candidates(self, state, cfg) -> bool:
+        view = self.tracker.iteration(state.run_id, state.iteration)
+        it = self._current(state)
+        if len(view.candidate_sets) < it.prompts:
+            self._report_progress(state)
+            return False
+        it.candidate_sets = len(view.candidate_sets)
+        state.stage = it.stage = S.STAGE_JUDGMENTS
+        self.save(state, f"{it.candidate_sets} candidate sets sampled")
+        return True
+
+    def _dpo_command(self, state) -> records_pb2.IterationCommand:
+        view = self.tracker.iteration(state.run_id, state.iteration)
+        it = self._current(state)
+        return self._command(state, S.COMMAND_KIND_TRAIN_DPO, "dpo", pair_ids=view.kept_pair_ids(),
+                             base_version=it.input_version, output_version=version_id(state.run_id, state.iteration + 1))
+
+    def _judgments(self, state, cfg) -> bool:
+        view = self.tracker.iteration(state.run_id, state.iteration)
+        it = self._current(state)
+        if len(view.judgment_sets) < it.prompts:
+            self._report_progress(state)
+            return False
+        it.judgment_sets = len(view.judgment_sets)
+        it.pairs = len(view.kept_pair_ids())
+        if it.pairs == 0:
+            it.gate_reason = "no preference pairs: every prompt's candidates tied or were unscored"
+            state.stage = it.stage = S.STAGE_PROMOTE
+            self.save(state, it.gate_reason)
+            return True
+        state.stage = it.stage = S.STAGE_TRAINING
+        it.output_version = version_id(state.run_id, state.iteration + 1)
+        self.save(state, f"{it.judgment_sets} prompts judged, {it.pairs} pairs; DPO to {it.output_version}",
+                  pairs=it.pairs)
+        self.trainer_launcher(self._dpo_command(state))
+        return True
+
+    def _training(self, state, cfg) -> bool:
+        it = self._current(state)
+        if not self._published(it.output_version):
+            return False
+        state.stage = it.stage = S.STAGE_EVAL
+        self.save(state, f"{it.output_version} published")
+        return True
+
+    def _eval(self, state, cfg: SRLMConfig) -> bool:
+        it = self._current(state)
+        if cfg.eval_gate.enabled:
+            judge_version = it.input_version if cfg.eval_gate.judge_version == "current" else cfg.eval_gate.judge_version
+            result = evaluate(self.judge(), it.output_version, it.input_version, judge_version, cfg.eval_gate,
+                              seed=cfg.run.seed + state.iteration)
+        else:
+            result = GateResult(True, "promoted: eval gate disabled")
+        it.promoted = result.promote
+        it.gate_reason = result.reason
+        it.metrics.update(result.metrics)
+        state.stage = it.stage = S.STAGE_PROMOTE
+        self.save(state, result.reason, **result.metrics)
+        return True
+
+    def _promote(self, state, cfg: SRLMConfig) -> bool:
+        it = self._current(state)
+        if it.output_version and it.promoted:
+            seconds = self.promoter.promote(it.output_version)
+            it.metrics["promotion_seconds"] = seconds
+            self.store.set_status(it.output_version, "promoted", it.gate_reason)
+            self._publish_status(it.output_version, S.MODEL_STATUS_PROMOTED, it.gate_reason)
+            state.serving_version = it.output_version
+            message = f"{it.output_version} serves (switched in {seconds:.1f}s)"
+        else:
+            if it.output_version:
+                self.store.set_status(it.output_version, "rejected", it.gate_reason)
+                self._publish_status(it.output_version, S.MODEL_STATUS_REJECTED, it.gate_reason)
+            message = f"{state.serving_version} keeps serving: {it.gate_reason}"
+        it.stage = S.STAGE_DONE
+        return self._next_iteration(state, cfg, message)
+
+    def _publish_status(self, version: str, status: int, reason: str) -> None:
+        manifest = self.store.get(version)
+        record = records_pb2.ModelVersion(
+            version_id=version, parent_id=manifest.parent_id or "", run_id=manifest.run_id or "",
+            iteration=manifest.iteration, kind={"base": S.MODEL_KIND_BASE, "sft": S.MODEL_KIND_SFT}.get(
+                manifest.kind, S.MODEL_KIND_DPO), status=status, uri=str(self.store.path(version, verify=False)),
+            manifest_sha256=self.store.manifest_sha256(version), training_data_sha256=manifest.training_data_sha256 or "",
+            metrics=manifest.metrics, reason=reason)
+        record.created_at.GetCurrentTime()
+        self._send("models", version, record)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

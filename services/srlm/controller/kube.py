@@ -1,0 +1,449 @@
+"""The controller's Kubernetes mode (``services.mode: kubernetes``).
+
+Two steps of the loop leave the controller's process here:
+
+- a DPO round runs as a Kubernetes Job on the training pool, made from the template the
+  Helm chart renders into a ConfigMap (``kubernetes.job_template_configmap``), owned by the
+  controller's Deployment (so it goes with the release), deleted after success;
+- a promoted model version reaches promptgen, sampler and judge as a rollout: their pod
+  template gets ``SRLM_MODEL_VERSION`` (and the ``srlm.dev/model-version`` annotation), the
+  controller waits for the rollout as ``kubectl rollout status`` does, and rolls every
+  Deployment back to its previous version when one fails or the wait times out.
+
+Objects are handled as plain dicts (the API's JSON); the parts that decide something
+(``job_name``, ``render_job``, ``job_state``, ``rollout_state``) are pure functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from srlm.config import KubernetesConfig, SRLMConfig
+from srlm.v1 import records_pb2
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION_ENV = "SRLM_MODEL_VERSION"
+MODEL_VERSION_ANNOTATION = "srlm.dev/model-version"
+RUN_ID_LABEL = "srlm.dev/run-id"
+ITERATION_LABEL = "srlm.dev/iteration"
+OUT_VERSION_ANNOTATION = "srlm.dev/out-version"
+FIELD_MANAGER = "srlm-controller"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+# Every API call this module makes, as (API group, resource) -> verbs. The chart's Role
+# (helm/srlm/templates/controller-rbac.yaml) grants exactly these; the tests check both ways.
+PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
+    ("batch", "jobs"): frozenset({"create", "get", "delete"}),
+    ("apps", "deployments"): frozenset({"get", "patch"}),
+    ("", "configmaps"): frozenset({"get"}),
+}
+
+_STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes call or object is not what the controller needs."""
+
+
+class JobFailed(KubeError):
+    """A DPO round's Job failed (its pods' logs say why; the Job is kept)."""
+
+
+class RolloutFailed(KubeError):
+    """A promotion's rollout failed or timed out; ``rolled_back`` says if the previous
+    versions are serving again."""
+
+    def __init__(self, version: str, reason: str, rolled_back: bool):
+        state = "rolled back" if rolled_back else "ROLLBACK FAILED"
+        super().__init__(f"rollout of model version {version!r} failed ({state}): {reason}")
+        self.version, self.reason, self.rolled_back = version, reason, rolled_back
+
+
+# --------------------------------------------------------------------------- pure parts
+
+_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def job_name(base: str, run_id: str, iteration: int) -> str:
+    """A deterministic Job name (so a restarted controller finds its Job): DNS-1123, <= 63."""
+    slug = _DNS_LABEL.sub("-", run_id.lower()).strip("-") or "run"
+    name = f"{base}-{slug}-{iteration}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    keep = 63 - len(base) - len(str(iteration)) - len(digest) - 3
+    if keep < 1:
+        raise KubeError(f"Job template name {base!r} leaves no room for the run id")
+    return f"{base}-{slug[:keep].strip('-')}-{digest}-{iteration}"
+
+
+def label_value(value: str) -> str:
+    """``value`` made a valid label value (<= 63 characters, alphanumerics at both ends)."""
+    return _LABEL_VALUE.sub("_", value)[:63].strip("_.-")
+
+
+def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: int,
+               base_version: str, out_version: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """The Job of one DPO round: the template, named, labelled, owned, with the round's
+    arguments appended to its (single) container's args."""
+    if template.get("kind") != "Job" or not template.get("apiVersion", "").startswith("batch/"):
+        raise KubeError("the DPO Job template must be a batch/v1 Job")
+    job = copy.deepcopy(template)
+    meta = job.setdefault("metadata", {})
+    meta["name"] = name
+    meta.pop("generateName", None)
+    labels = {RUN_ID_LABEL: label_value(run_id), ITERATION_LABEL: str(iteration)}
+    meta.setdefault("labels", {}).update(labels)
+    meta.setdefault("annotations", {}).update({RUN_ID_LABEL: run_id, OUT_VERSION_ANNOTATION: out_version})
+    if owner is not None:
+        meta["ownerReferences"] = [{
+            "apiVersion": owner.get("apiVersion", "apps/v1"), "kind": owner.get("kind", "Deployment"),
+            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        }]
+    pod = job["spec"]["template"]
+    pod.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+    containers = pod["spec"]["containers"]
+    if len(containers) != 1:
+        raise KubeError(f"the DPO Job template must have one container, it has {len(containers)}")
+    containers[0]["args"] = list(containers[0].get("args") or []) + [
+        "--run-id", run_id, "--iteration", str(iteration),
+        "--base-version", base_version, "--out-version", out_version,
+    ]
+    return job
+
+
+def job_state(job: dict[str, Any]) -> tuple[Literal["running", "succeeded", "failed"], str]:
+    """Where a Job stands, from its conditions (the Job controller's terminal ones and the
+    interim SuccessCriteriaMet / FailureTarget)."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded", cond.get("message", "")
+        if cond.get("type") in ("Failed", "FailureTarget"):
+            return "failed", f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+    return "running", ""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    done: bool
+    failed: str | None = None  # why the rollout cannot complete
+    message: str = ""
+
+
+def rollout_state(deployment: dict[str, Any]) -> RolloutState:
+    """A Deployment's rollout, judged as ``kubectl rollout status`` judges it."""
+    meta, spec, status = deployment["metadata"], deployment.get("spec") or {}, deployment.get("status") or {}
+    name = meta["name"]
+    if meta.get("generation", 0) > status.get("observedGeneration", 0):
+        return RolloutState(False, message=f"{name}: waiting for the new spec to be observed")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return RolloutState(False, failed=f"{name}: {cond.get('message') or 'progress deadline exceeded'}")
+    want = spec.get("replicas", 1)
+    updated, total, available = (status.get(k, 0) for k in ("updatedReplicas", "replicas", "availableReplicas"))
+    if updated < want:
+        return RolloutState(False, message=f"{name}: {updated} of {want} new replicas updated")
+    if total > updated:
+        return RolloutState(False, message=f"{name}: {total - updated} old replicas pending termination")
+    if available < updated:
+        return RolloutState(False, message=f"{name}: {available} of {updated} updated replicas available")
+    return RolloutState(True, message=f"{name}: rolled out")
+
+
+def model_version(deployment: dict[str, Any]) -> str | None:
+    """The SRLM_MODEL_VERSION a Deployment's pod template sets (None: not set)."""
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for env in container.get("env") or []:
+            if env.get("name") == MODEL_VERSION_ENV:
+                return env.get("value")
+    return None
+
+
+def version_patch(deployment: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """A strategic-merge patch setting (or, for None, removing) the model version in every
+    container of the pod template; the changed template makes the Deployment roll out."""
+    env = {"name": MODEL_VERSION_ENV, "value": version} if version is not None \
+        else {"name": MODEL_VERSION_ENV, "$patch": "delete"}
+    containers = [{"name": c["name"], "env": [env]}
+                  for c in deployment["spec"]["template"]["spec"]["containers"]]
+    return {"spec": {"template": {
+        "metadata": {"annotations": {MODEL_VERSION_ANNOTATION: version}},
+        "spec": {"containers": containers},
+    }}}
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def api_client(cfg: KubernetesConfig) -> k8s.ApiClient:
+    """An API client: api_server + token_file, else a kubeconfig, else in-cluster."""
+    if cfg.api_server:
+        conf = k8s.Configuration()
+        conf.host = cfg.api_server
+        if cfg.token_file:
+            token_file = cfg.token_file
+
+            def reload_token(c: k8s.Configuration) -> None:  # projected tokens rotate
+                c.api_key["authorization"] = token_file.read_text().strip()
+
+            conf.api_key_prefix["authorization"] = "Bearer"
+            conf.refresh_api_key_hook = reload_token
+            reload_token(conf)
+        if cfg.ca_file:
+            conf.ssl_ca_cert = str(cfg.ca_file)
+        else:
+            conf.verify_ssl = False
+        return k8s.ApiClient(conf)
+    if cfg.kubeconfig:
+        return k8s_config.new_client_from_config(config_file=str(cfg.kubeconfig), persist_config=False)
+    conf = k8s.Configuration()
+    k8s_config.load_incluster_config(client_configuration=conf)
+    return k8s.ApiClient(conf)
+
+
+def _namespace(cfg: KubernetesConfig) -> str:
+    if cfg.namespace:
+        return cfg.namespace
+    if IN_CLUSTER_NAMESPACE.is_file():
+        return IN_CLUSTER_NAMESPACE.read_text().strip()
+    raise KubeError("kubernetes.namespace is not set and the controller does not run in a pod")
+
+
+class KubeOrchestrator:
+    """DPO rounds as Jobs and promotions as rollouts, in one namespace."""
+
+    def __init__(self, api: k8s.ApiClient, namespace: str, cfg: KubernetesConfig,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.namespace, self.cfg = namespace, cfg
+        self._core, self._apps, self._batch = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.BatchV1Api(api)
+        self._sleep, self._clock = sleep, clock
+
+    @classmethod
+    def from_config(cls, cfg: KubernetesConfig) -> "KubeOrchestrator":
+        return cls(api_client(cfg), _namespace(cfg), cfg)
+
+    # ------------------------------------------------------------------ calls
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One API call, answered as the JSON dict; errors name what was attempted."""
+        try:
+            resp = fn(*args, namespace=self.namespace, _preload_content=False, **kwargs)
+        except ApiException as err:
+            raise _api_error(what, self.namespace, err) from None
+        return json.loads(resp.data or b"{}")
+
+    def _deployment(self, name: str) -> dict[str, Any]:
+        return self._call(f"get deployment {name}", self._apps.read_namespaced_deployment, name)
+
+    def _job(self, name: str) -> dict[str, Any]:
+        return self._call(f"get job {name}", self._batch.read_namespaced_job, name)
+
+    def job_template(self) -> dict[str, Any]:
+        name, key = self.cfg.job_template_configmap, self.cfg.job_template_key
+        cm = self._call(f"get configmap {name}", self._core.read_namespaced_config_map, name)
+        text = (cm.get("data") or {}).get(key)
+        if not text:
+            raise KubeError(f"configmap {name} has no key {key!r} (the DPO Job template)")
+        return yaml.safe_load(text)
+
+    # ------------------------------------------------------------------ training Jobs
+
+    def create_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str) -> str:
+        """Create the Job of DPO round ``iteration``; returns its name. Creating it again
+        (a restarted controller) finds the existing Job of the same round."""
+        template = self.job_template()
+        name = job_name(template["metadata"]["name"], run_id, iteration)
+        owner = None
+        if self.cfg.controller_deployment:
+            owner = self._deployment(self.cfg.controller_deployment)
+        job = render_job(template, name=name, run_id=run_id, iteration=iteration,
+                         base_version=base_version, out_version=out_version, owner=owner)
+        try:
+            self._batch.create_namespaced_job(self.namespace, job, field_manager=FIELD_MANAGER,
+                                              _preload_content=False)
+            log.info("created Job %s (run %s, iteration %d: %s -> %s)", name, run_id, iteration,
+                     base_version, out_version)
+        except ApiException as err:
+            if err.status != 409:
+                raise _api_error(f"create job {name}", self.namespace, err) from None
+            existing = self._job(name).get("metadata", {}).get("annotations") or {}
+            if existing.get(OUT_VERSION_ANNOTATION) != out_version:
+                raise KubeError(f"job {name} already exists for out-version "
+                                f"{existing.get(OUT_VERSION_ANNOTATION)!r}, not {out_version!r}") from None
+            log.info("Job %s exists already; following it", name)
+        return name
+
+    def wait_job(self, name: str, timeout_s: float | None = None) -> None:
+        """Return when the Job succeeded; raise JobFailed, or TimeoutError after ``timeout_s``
+        (default ``kubernetes.job_timeout_s``)."""
+        deadline = self._clock() + (timeout_s if timeout_s is not None else self.cfg.job_timeout_s)
+        while True:
+            state, message = job_state(self._job(name))
+            if state == "succeeded":
+                return
+            if state == "failed":
+                raise JobFailed(f"job {name} failed: {message}")
+            if self._clock() >= deadline:
+                raise TimeoutError(f"job {name} did not finish in time")
+            self._sleep(self.cfg.poll_interval_s)
+
+    def delete_job(self, name: str) -> None:
+        """Delete a Job and its pods; a Job already gone is fine."""
+        try:
+            self._batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background",
+                                              _preload_content=False)
+        except ApiException as err:
+            if err.status != 404:
+                raise _api_error(f"delete job {name}", self.namespace, err) from None
+
+    def run_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str) -> None:
+        """One DPO round: create, wait, delete after success (a failed Job stays for its logs)."""
+        name = self.create_training_job(run_id, iteration, base_version, out_version)
+        self.wait_job(name)
+        self.delete_job(name)
+
+    # ------------------------------------------------------------------ promotions
+
+    def set_inference_version(self, version: str, timeout_s: float | None = None) -> dict[str, str | None]:
+        """Roll the inference Deployments to ``version``; returns each one's previous version.
+        On a failed or timed-out rollout every patched Deployment goes back to its previous
+        version and RolloutFailed is raised."""
+        names = list(self.cfg.inference_deployments)
+        if not names:
+            raise KubeError("kubernetes.inference_deployments is empty: nothing to roll out")
+        timeout = timeout_s if timeout_s is not None else self.cfg.rollout_timeout_s
+        current = {name: self._deployment(name) for name in names}
+        previous = {name: model_version(dep) for name, dep in current.items()}
+        patched: list[str] = []
+        try:
+            for name in names:
+                self._patch_version(current[name], version)
+                patched.append(name)
+            self._wait_rollouts(names, timeout)
+        except (KubeError, TimeoutError) as err:
+            log.error("rollout of %s failed: %s; rolling back %s", version, err, patched)
+            rolled_back = self._roll_back(patched, previous, timeout)
+            raise RolloutFailed(version, str(err), rolled_back) from err
+        log.info("model version %s rolled out to %s", version, ", ".join(names))
+        return previous
+
+    def _patch_version(self, deployment: dict[str, Any], version: str | None) -> None:
+        name = deployment["metadata"]["name"]
+        self._call(f"patch deployment {name}", self._apps.patch_namespaced_deployment, name,
+                   body=version_patch(deployment, version), field_manager=FIELD_MANAGER,
+                   _content_type=_STRATEGIC_MERGE)
+
+    def _wait_rollouts(self, names: list[str], timeout_s: float) -> None:
+        deadline = self._clock() + timeout_s
+        pending = list(names)
+        while True:
+            states = [rollout_state(self._deployment(name)) for name in pending]
+            failed = [s.failed for s in states if s.failed]
+            if failed:
+                raise KubeError("; ".join(failed))
+            pending = [name for name, s in zip(pending, states) if not s.done]
+            if not pending:
+                return
+            if self._clock() >= deadline:
+                raise TimeoutError(f"rollout not complete after {timeout_s:g} s: "
+                                   + "; ".join(s.message for s in states if not s.done))
+            self._sleep(self.cfg.poll_interval_s)
+
+    def _roll_back(self, names: list[str], previous: dict[str, str | None], timeout_s: float) -> bool:
+        try:
+            for name in names:
+                self._patch_version(self._deployment(name), previous[name])
+            self._wait_rollouts(names, timeout_s)
+            return True
+        except (KubeError, TimeoutError) as err:
+            log.error("rollback failed: %s", err)
+            return False
+
+
+# --------------------------------------------------------------------------- the controller's hooks
+
+
+class KubePromoter:
+    """The controller's Promoter on Kubernetes: a promotion is a rollout (see
+    KubeOrchestrator.set_inference_version); a failed one raises RolloutFailed."""
+
+    def __init__(self, orchestrator: KubeOrchestrator):
+        self.orchestrator = orchestrator
+
+    def promote(self, version_id: str) -> float:
+        start = time.perf_counter()
+        self.orchestrator.set_inference_version(version_id)
+        return time.perf_counter() - start
+
+
+class KubeTrainerLauncher:
+    """The controller's trainer launcher on Kubernetes: a TRAIN_DPO command becomes the
+    round's Job and returns at once (the Job publishes the new version on srlm.models, which
+    the controller follows); a watcher thread deletes the Job after success, or reports the
+    failure to ``on_failure``. Other commands go to ``fallback`` (the trainer service)."""
+
+    def __init__(self, orchestrator: KubeOrchestrator,
+                 fallback: Callable[[records_pb2.IterationCommand], None] | None = None,
+                 on_failure: Callable[[records_pb2.IterationCommand, Exception], None] | None = None):
+        self.orchestrator, self.fallback, self.on_failure = orchestrator, fallback, on_failure
+
+    def __call__(self, cmd: records_pb2.IterationCommand) -> None:
+        if cmd.kind != records_pb2.COMMAND_KIND_TRAIN_DPO:
+            if self.fallback is None:
+                raise KubeError(f"only DPO rounds run as Jobs; no fallback for command kind {cmd.kind}")
+            self.fallback(cmd)
+            return
+        name = self.orchestrator.create_training_job(cmd.meta.run_id, cmd.meta.iteration,
+                                                     cmd.base_version, cmd.output_version)
+        threading.Thread(target=self._watch, args=(cmd, name), name=f"watch-{name}", daemon=True).start()
+
+    def _watch(self, cmd: records_pb2.IterationCommand, name: str) -> None:
+        try:
+            self.orchestrator.wait_job(name)
+            self.orchestrator.delete_job(name)
+        except Exception as err:  # noqa: BLE001 - reported, the Job is kept for its logs
+            log.error("DPO round %s of run %s: %s", cmd.meta.iteration, cmd.meta.run_id, err)
+            if self.on_failure is not None:
+                self.on_failure(cmd, err)
+
+
+def kube_promoter_and_launcher(config: SRLMConfig, fallback=None, on_failure=None
+                               ) -> tuple[KubePromoter, KubeTrainerLauncher]:
+    """The Promoter and trainer launcher of ``services.mode: kubernetes``."""
+    orchestrator = KubeOrchestrator.from_config(config.kubernetes)
+    return KubePromoter(orchestrator), KubeTrainerLauncher(orchestrator, fallback, on_failure)
+
+
+def _api_error(what: str, namespace: str, err: ApiException) -> KubeError:
+    if err.status == 403:
+        return KubeError(f"{what} in namespace {namespace}: forbidden by RBAC "
+                         f"(the controller's Role grants only {_permissions_text()})")
+    reason = err.reason
+    try:
+        reason = json.loads(err.body).get("message", reason)
+    except (TypeError, ValueError):
+        pass
+    return KubeError(f"{what} in namespace {namespace}: HTTP {err.status}: {reason}")
+
+
+def _permissions_text() -> str:
+    return ", ".join(f"{'/'.join(sorted(verbs))} {group or 'core'}/{resource}"
+                     for (group, resource), verbs in PERMISSIONS.items())

@@ -1,0 +1,43 @@
+"""How a promoted version reaches the inference services.
+
+Locally: gRPC ``LoadModel`` on promptgen, sampler and judge (hot reload, no restart).
+On Kubernetes: a rollout of their Deployments to the new version (see ``kube.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from srlm.config import SRLMConfig
+from srlm.v1 import services_pb2, services_pb2_grpc
+
+INFERENCE_SERVICES = {
+    "promptgen": services_pb2_grpc.PromptGenStub,
+    "sampler": services_pb2_grpc.SamplerStub,
+    "judge": services_pb2_grpc.JudgeStub,
+}
+
+
+class HotReloadPromoter:
+    def __init__(self, config: SRLMConfig, timeout_s: float = 300.0) -> None:
+        host = config.services.host
+        self.addresses = {name: f"{host}:{getattr(config.services, name).grpc}" for name in INFERENCE_SERVICES}
+        self.timeout_s = timeout_s
+
+    def promote(self, version_id: str) -> float:
+        """LoadModel on every inference service at once; returns when all serve ``version_id``."""
+        start = time.perf_counter()
+
+        def load(name: str) -> None:
+            with grpc.insecure_channel(self.addresses[name]) as channel:
+                stub = INFERENCE_SERVICES[name](channel)
+                stub.LoadModel(services_pb2.LoadModelRequest(version_id=version_id), timeout=self.timeout_s,
+                               wait_for_ready=True)
+
+        with ThreadPoolExecutor(len(INFERENCE_SERVICES)) as pool:
+            for f in [pool.submit(load, name) for name in INFERENCE_SERVICES]:
+                f.result()
+        return time.perf_counter() - start

@@ -1,0 +1,159 @@
+"""The end-of-run report: ``report.json`` and PNG plots of what the loop did.
+
+It measures the failure modes the paper's method is known for: judge scores saturating,
+the chosen/rejected gap shrinking, responses growing longer every iteration, and the
+judge's parse rate.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from srlm.runtime.pipeline import read_topic  # noqa: E402
+from srlm.config import SRLMConfig  # noqa: E402
+from srlm.models.store import ModelStore  # noqa: E402
+from srlm.v1 import records_pb2  # noqa: E402
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
+    """Per-iteration statistics from srlm.judgments / srlm.pairs, and the run's versions."""
+    judgments: dict[str, records_pb2.JudgmentSet] = {}
+    for j in read_topic(config, "judgments"):
+        if j.meta.run_id == state.run_id:
+            judgments.setdefault(j.meta.id, j)
+    pairs: dict[str, records_pb2.PreferencePair] = {}
+    for p in read_topic(config, "pairs"):
+        if p.meta.run_id == state.run_id:
+            pairs.setdefault(p.meta.id, p)
+    tokens = {}
+    for cs in read_topic(config, "candidates"):
+        if cs.meta.run_id == state.run_id:
+            tokens.update({c.candidate_id: c.num_tokens for c in cs.candidates})
+
+    per_iter: dict[int, dict[str, Any]] = defaultdict(lambda: {"scores": [], "decisions": Counter(), "parsed": 0,
+                                                               "judgments": 0, "chosen_tokens": [], "rejected_tokens": [],
+                                                               "gaps": []})
+    for j in judgments.values():
+        it = per_iter[j.meta.iteration]
+        it["decisions"][records_pb2.PairDecision.Name(j.decision).removeprefix("PAIR_DECISION_").lower()] += 1
+        for c in j.candidates:
+            it["judgments"] += len(c.samples)
+            it["parsed"] += c.num_parsed
+            if c.num_parsed:
+                it["scores"].append(c.mean_score)
+    for p in pairs.values():
+        it = per_iter[p.meta.iteration]
+        it["chosen_tokens"].append(tokens.get(p.chosen_candidate_id, 0))
+        it["rejected_tokens"].append(tokens.get(p.rejected_candidate_id, 0))
+        it["gaps"].append(p.chosen_score - p.rejected_score)
+
+    store = ModelStore(config.model_store.root)
+    versions = []
+    for m in store.list(state.run_id):
+        status, reason = store.status(m.version_id)
+        versions.append({"version_id": m.version_id, "parent_id": m.parent_id, "kind": m.kind, "iteration": m.iteration,
+                         "status": status, "reason": reason, "metrics": m.metrics,
+                         "log_history": m.extra.get("log_history", [])})
+    iterations = []
+    for s in state.iterations:
+        it = per_iter[s.iteration]
+        iterations.append({
+            "iteration": s.iteration, "input_version": s.input_version, "output_version": s.output_version,
+            "promoted": s.promoted, "gate_reason": s.gate_reason, "gate_metrics": dict(s.metrics),
+            "prompts": s.prompts, "pairs": s.pairs, "pair_decisions": dict(it["decisions"]),
+            "judge_parse_rate": it["parsed"] / it["judgments"] if it["judgments"] else None,
+            "mean_score": _mean(it["scores"]), "scores": it["scores"],
+            "share_scores_ge_4": (sum(s >= 4 for s in it["scores"]) / len(it["scores"])) if it["scores"] else None,
+            "mean_chosen_tokens": _mean(it["chosen_tokens"]), "mean_rejected_tokens": _mean(it["rejected_tokens"]),
+            "mean_score_gap": _mean(it["gaps"]),
+        })
+    return {"run_id": state.run_id, "stage": records_pb2.Stage.Name(state.stage), "error": state.error,
+            "serving_version": state.serving_version, "iterations": iterations, "versions": versions}
+
+
+def _plot(path: Path, draw) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def plots(report: dict[str, Any], out: Path) -> list[str]:
+    its = report["iterations"]
+    labels = [f"i{i['iteration']}" for i in its]
+    made = []
+
+    def scores(ax):
+        for i in its:
+            if i["scores"]:
+                ax.hist(i["scores"], bins=[0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5.01], alpha=0.5,
+                        label=f"i{i['iteration']}")
+        ax.set(title="Judge mean score per candidate", xlabel="score (0-5)", ylabel="candidates")
+        ax.legend()
+    made.append(_plot(out / "scores.png", scores))
+
+    def decisions(ax):
+        kinds = sorted({k for i in its for k in i["pair_decisions"]})
+        bottom = [0] * len(its)
+        for k in kinds:
+            vals = [i["pair_decisions"].get(k, 0) for i in its]
+            ax.bar(labels, vals, bottom=bottom, label=k)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set(title="Prompts: pair kept or why dropped", ylabel="prompts")
+        ax.legend()
+    made.append(_plot(out / "pairs.png", decisions))
+
+    def lengths(ax):
+        ax.plot(labels, [i["mean_chosen_tokens"] or 0 for i in its], marker="o", label="chosen")
+        ax.plot(labels, [i["mean_rejected_tokens"] or 0 for i in its], marker="o", label="rejected")
+        ax.plot(labels, [i["gate_metrics"].get("mean_length", 0) for i in its], marker="s", label="eval (new version)")
+        ax.set(title="Response length (tokens)", ylabel="tokens")
+        ax.legend()
+    made.append(_plot(out / "lengths.png", lengths))
+
+    def training(ax):
+        for v in report["versions"]:
+            hist = [h for h in v["log_history"] if "loss" in h]
+            if hist:
+                ax.plot([h.get("step", n) for n, h in enumerate(hist)], [h["loss"] for h in hist], label=f"{v['version_id']} loss")
+            margins = [h for h in v["log_history"] if "rewards/margins" in h]
+            if margins:
+                ax.plot([h.get("step", n) for n, h in enumerate(margins)], [h["rewards/margins"] for h in margins],
+                        linestyle="--", label=f"{v['version_id']} reward margin")
+        ax.set(title="Training loss and DPO reward margins", xlabel="step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    made.append(_plot(out / "training.png", training))
+
+    def evals(ax):
+        ax.plot(labels, [i["gate_metrics"].get("win_rate", 0) for i in its], marker="o", label="win rate vs M_t")
+        ax.plot(labels, [i["gate_metrics"].get("ifeval_accuracy", 0) for i in its], marker="o", label="IFEval (new)")
+        ax.plot(labels, [i["judge_parse_rate"] or 0 for i in its], marker="s", label="judge parse rate")
+        ax.set(title="Eval gate and judge parse rate", ylim=(0, 1.05))
+        ax.legend()
+    made.append(_plot(out / "eval.png", evals))
+    return made
+
+
+def write_report(config: SRLMConfig, state: records_pb2.RunState, out: Path, wall_seconds: float | None = None) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    report = collect(config, state)
+    report["wall_seconds"] = wall_seconds
+    report["plots"] = plots(report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

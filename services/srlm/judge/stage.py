@@ -1,0 +1,103 @@
+"""The judge's work on one candidate set, independent of Kafka and gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from srlm.config import SRLMConfig
+from srlm.models.engines import SamplingParams
+from srlm.recipe import ids
+from srlm.recipe.judge import JudgeStats, aggregate, build_judge_messages, parse_judgment, read_judge_template
+from srlm.recipe.pairs import ScoredCandidate, build_pair
+from srlm.runtime import metrics
+from srlm.runtime.model_host import ModelHost
+from srlm.runtime.records import child_meta, seed_for
+from srlm.v1 import records_pb2
+
+DECISIONS = {
+    "kept": records_pb2.PAIR_DECISION_KEPT,
+    "dropped_tie": records_pb2.PAIR_DECISION_DROPPED_TIE,
+    "dropped_unparseable": records_pb2.PAIR_DECISION_DROPPED_UNPARSEABLE,
+}
+
+
+class Judge:
+    """Scores responses with the judge prompt (k samples each, mean of the parsed scores)."""
+
+    def __init__(self, host: ModelHost, config: SRLMConfig) -> None:
+        self.host = host
+        self.config = config
+        self.template = read_judge_template(config.judge.template_file)
+        self.stats = JudgeStats()
+
+    def params(self, judging: records_pb2.SamplingParams | None, seed: int) -> SamplingParams:
+        d = self.config.judge
+        j = judging or records_pb2.SamplingParams()
+        return SamplingParams(
+            n=j.n or d.num_judgments,
+            temperature=j.temperature if j.HasField("temperature") else d.temperature,
+            top_p=j.top_p if j.HasField("top_p") else d.top_p,
+            max_tokens=j.max_tokens or d.max_tokens,
+            seed=seed,
+        )
+
+    def score(self, prompt: str, responses: list[str], params: SamplingParams,
+              version_id: str | None = None) -> tuple[str, list[records_pb2.JudgedCandidate]]:
+        """k judgments of each response; the score is read from the judge's output only."""
+        conversations = [build_judge_messages(prompt, r, self.template) for r in responses]
+        version, results = self.host.generate(conversations, params, version_id=version_id)
+        batch = JudgeStats()
+        judged = []
+        for result in results:
+            jc = records_pb2.JudgedCandidate()
+            scores = []
+            for completion in result.completions:
+                j = parse_judgment(completion.text, self.config.judge.max_score)
+                batch.add(j)
+                scores.append(j.score)
+                jc.samples.add(output=completion.text, parsed=j.parsed, score=j.score or 0.0)
+            mean, jc.num_parsed = aggregate(scores)
+            jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
+            judged.append(jc)
+        self.stats.merge(batch)
+        metrics.JUDGMENTS.labels("true").inc(batch.parsed)
+        metrics.JUDGMENTS.labels("false").inc(batch.unparsed)
+        metrics.JUDGE_PARSE_RATE.set(batch.parse_rate)
+        return version, judged
+
+
+@dataclass
+class JudgeOutcome:
+    judgments: records_pb2.JudgmentSet
+    pair: records_pb2.PreferencePair | None
+
+
+def judge_candidate_set(cs: records_pb2.CandidateSet, judge: Judge) -> JudgeOutcome:
+    """Judge every candidate of one prompt and build its pair (or say why there is none)."""
+    # The candidates' model version judges them: M_t is both actor and judge.
+    params = judge.params(cs.judging, seed_for("judge", cs.meta.id))
+    version, judged = judge.score(cs.prompt, [c.text for c in cs.candidates], params,
+                                  version_id=cs.meta.model_version or None)
+    out = records_pb2.JudgmentSet(meta=child_meta(cs.meta, cs.meta.id, version), prompt_id=cs.prompt_id,
+                                  prompt=cs.prompt)
+    scored = []
+    for cand, jc in zip(cs.candidates, judged):
+        jc.candidate_id = cand.candidate_id
+        jc.num_tokens = cand.num_tokens
+        out.candidates.append(jc)
+        scored.append(ScoredCandidate(cand.index, jc.mean_score if jc.num_parsed else None, cand.num_tokens))
+    outcome = build_pair(scored, judge.config.pairs)
+    out.decision = DECISIONS[outcome.decision]
+    out.reason = outcome.reason
+    if not outcome.kept:
+        return JudgeOutcome(out, None)
+    by_index = {c.index: (c, jc) for c, jc in zip(cs.candidates, judged)}
+    (chosen, chosen_j), (rejected, rejected_j) = by_index[outcome.chosen_index], by_index[outcome.rejected_index]
+    out.pair_id = ids.pair_id(cs.meta.run_id, cs.meta.iteration, cs.prompt_id)
+    pair = records_pb2.PreferencePair(
+        meta=child_meta(cs.meta, out.pair_id, version), prompt_id=cs.prompt_id, prompt=cs.prompt,
+        chosen=chosen.text, rejected=rejected.text, chosen_score=chosen_j.mean_score,
+        rejected_score=rejected_j.mean_score, chosen_candidate_id=chosen.candidate_id,
+        rejected_candidate_id=rejected.candidate_id,
+    )
+    return JudgeOutcome(out, pair)

@@ -1,0 +1,148 @@
+"""srlm on one machine: a local Kafka broker and the five services as processes.
+
+``LocalStack`` is what ``srlm up`` and ``srlm run --up`` start, and what the end-to-end
+tests use (it can SIGKILL and restart a service to prove crash safety).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from srlm.bus.local_broker import LocalKafkaBroker, free_port
+from srlm.config import SRLMConfig
+
+SERVICE_ORDER = ("promptgen", "sampler", "judge", "trainer", "controller")
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Block until the gRPC health service at ``address`` says SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                tail = log.read_text()[-3000:] if log and log.exists() else ""
+                raise RuntimeError(f"service at {address} exited with {proc.returncode}:\n{tail}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise TimeoutError(f"service at {address} not SERVING after {timeout_s:.0f}s")
+
+
+class LocalStack:
+    """The broker and the services of one config, as child processes."""
+
+    def __init__(self, config: SRLMConfig, config_path: str | None, work_dir: str | Path = "runs/local",
+                 free_ports: bool = False, env: dict[str, str] | None = None, start_broker: bool = True) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.work_dir = Path(work_dir).resolve()
+        self.logs = self.work_dir / "logs"
+        self.env = dict(env or {})
+        self.broker = LocalKafkaBroker(self.work_dir / "kafka") if start_broker else None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, tuple[int, int]] = {}
+        for name in SERVICE_ORDER:
+            p = getattr(config.services, name)
+            self.ports[name] = (free_port(), free_port()) if free_ports else (p.grpc, p.metrics)
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.bootstrap_servers if self.broker else ",".join(self.config.kafka.bootstrap_servers)
+
+    def address(self, name: str) -> str:
+        return f"{self.config.services.host}:{self.ports[name][0]}"
+
+    @property
+    def controller_address(self) -> str:
+        return self.address("controller")
+
+    def service_env(self) -> dict[str, str]:
+        """Environment of every child: the shared config plus this stack's broker and ports."""
+        env = {**os.environ, **self.env, "SRLM_KAFKA__BOOTSTRAP_SERVERS": f"[{self.bootstrap_servers}]",
+               "SRLM_MODEL_STORE__ROOT": str(Path(self.config.model_store.root).resolve()),
+               "PYTHONUNBUFFERED": "1"}
+        if self.config_path:
+            env["SRLM_CONFIG"] = str(Path(self.config_path).resolve())
+        for name, (grpc_port, metrics_port) in self.ports.items():
+            env[f"SRLM_SERVICES__{name.upper()}__GRPC"] = str(grpc_port)
+            env[f"SRLM_SERVICES__{name.upper()}__METRICS"] = str(metrics_port)
+        return env
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout_s: float = 300.0) -> "LocalStack":
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.broker:
+            self.broker.start()
+        for name in SERVICE_ORDER:
+            self.start_service(name, wait=False)
+        for name in SERVICE_ORDER:
+            wait_serving(self.address(name), timeout_s, self.procs[name], self.logs / f"{name}.log")
+        return self
+
+    def start_service(self, name: str, wait: bool = True, timeout_s: float = 300.0) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "srlm.cli", "serve", name], env=self.service_env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        if wait:
+            wait_serving(self.address(name), timeout_s, proc, self.logs / f"{name}.log")
+        return proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a service: no shutdown code runs (the crash the tests inject)."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop_service(self, name: str, timeout_s: float = 60.0) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        for name in reversed(SERVICE_ORDER):
+            self.stop_service(name)
+        if self.broker:
+            self.broker.stop()
+
+    def wait(self) -> None:
+        """Until Ctrl-C or a service dies."""
+        try:
+            while all(p.poll() is None for p in self.procs.values()):
+                time.sleep(1)
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            print(f"srlm: service(s) {', '.join(dead)} exited; see {self.logs}", file=sys.stderr)
+        except KeyboardInterrupt:
+            pass
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

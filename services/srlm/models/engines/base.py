@@ -1,0 +1,123 @@
+"""One interface for text generation: chat conversations in, n samples per prompt out.
+
+Prompt generation, candidate sampling and judging all go through ``GenerationEngine``;
+``create_engine`` picks the implementation from ``EngineConfig.kind``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from srlm.config import EngineConfig
+
+Conversation = list[dict[str, str]]  # [{"role": "user", "content": ...}, ...]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``temperature == 0`` is greedy decoding; ``stop`` strings end a sample."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" (end of sequence or a stop string) | "length"
+
+
+@dataclass
+class GenerationResult:
+    prompt_tokens: int
+    completions: list[Completion]
+
+
+def validate_conversations(conversations: list[Conversation]) -> None:
+    """Raise ``ValueError`` saying which message is malformed (services answer INVALID_ARGUMENT)."""
+    if not isinstance(conversations, (list, tuple)):
+        raise ValueError(f"conversations must be a list, got {type(conversations).__name__}")
+    for i, conv in enumerate(conversations):
+        if not isinstance(conv, (list, tuple)) or not conv:
+            raise ValueError(f"conversation {i} must be a non-empty list of messages")
+        for j, msg in enumerate(conv):
+            if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
+                raise ValueError(f"conversation {i} message {j} must be {{'role': one of {ROLES}, "
+                                 f"'content': str}}, got {msg!r}")
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut ``text`` before the earliest stop string (which is dropped, as vLLM does)."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def token_budget(prompt_tokens: int, max_tokens: int, max_model_len: int) -> int:
+    """New tokens a prompt may get: ``max_tokens``, capped so prompt + output fit the context."""
+    if prompt_tokens >= max_model_len:
+        raise ValueError(f"prompt has {prompt_tokens} tokens; the engine's max_model_len is {max_model_len}")
+    return min(max_tokens, max_model_len - prompt_tokens)
+
+
+class GenerationEngine(ABC):
+    """A loaded model version that generates completions for batches of conversations."""
+
+    version_id: str | None = None
+
+    @abstractmethod
+    def load(self, model_dir: Path, version_id: str) -> None:
+        """Load the Hugging Face folder ``model_dir``; called again to switch to another version."""
+
+    @abstractmethod
+    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[GenerationResult]:
+        """One result per conversation, each with ``params.n`` completions (chat template applied)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model; the engine may be loaded again afterwards."""
+
+    def __enter__(self) -> "GenerationEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_loaded(self) -> None:
+        if self.version_id is None:
+            raise RuntimeError(f"{type(self).__name__}: no model loaded; call load() first")
+
+
+def create_engine(cfg: "EngineConfig") -> GenerationEngine:
+    """The engine named by ``cfg.kind``; its heavy imports happen here, not at module import."""
+    if cfg.kind == "transformers":
+        from srlm.models.engines.hf import TransformersEngine
+
+        return TransformersEngine(cfg)
+    if cfg.kind == "vllm":
+        from srlm.models.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg)
+    raise ValueError(f"engine.kind: unknown engine {cfg.kind!r}")

@@ -1,0 +1,210 @@
+"""How a service sits on the bus: a stage worker (consume, handle, produce), a follower that
+reads topics from the beginning (the controller's view), a plain publisher, and a reader.
+
+Topics are named by what they carry (``"prompts"``, ``"pairs"``...); the registry turns
+that into ``<kafka.topic_prefix>.<what>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable, Iterable
+
+from google.protobuf.message import Message
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from srlm.bus import Output, RecordProducer, TopicRegistry, Worker, read_to_end
+from srlm.bus.envelope import DecodeFailure, decode_record
+from srlm.bus.topics import ensure_topics
+from srlm.config import SRLMConfig
+from srlm.runtime import metrics
+from srlm.runtime.model_host import ModelHost
+from srlm.runtime.server import NOT_SERVING, SERVING, ServiceHandle
+
+log = logging.getLogger(__name__)
+
+# (what, key, message) triples returned by stage handlers
+StageOutputs = Iterable[tuple[str, str, Message]]
+
+
+def instance_id(service: str) -> str:
+    """Stable across restarts of the same process slot (so its transactional id fences and
+    aborts the crashed predecessor's open transaction at once): ``$SRLM_INSTANCE_ID`` (a pod
+    name) or the host name."""
+    return os.environ.get("SRLM_INSTANCE_ID") or socket.gethostname()
+
+
+class StageWorker:
+    """Runs ``handler(message) -> [(what, key, message)]`` on every record of ``input_what``."""
+
+    def __init__(self, service: str, config: SRLMConfig, input_what: str,
+                 handler: Callable[[Message], StageOutputs]) -> None:
+        self.service = service
+        self.config = config
+        self.topics = TopicRegistry.from_config(config.kafka)
+        self.input = getattr(self.topics, input_what)
+        self._handler = handler
+        self.worker: Worker | None = None
+        self._thread: threading.Thread | None = None
+
+    def _handle(self, record) -> list[Output]:
+        metrics.RECORDS_IN.labels(self.service, self.input.name).inc()
+        with metrics.BATCH_SECONDS.labels(self.service).time():
+            outputs = [Output(getattr(self.topics, what), msg, key) for what, key, msg in self._handler(record.value)]
+        for out in outputs:
+            metrics.RECORDS_OUT.labels(self.service, out.topic.name).inc()
+        return outputs
+
+    def start(self) -> None:
+        ensure_topics(self.config.kafka, self.topics)
+        self.worker = Worker(self.config.kafka, f"{self.config.kafka.topic_prefix}-{self.service}", self.input,
+                             self._handle, service=self.service, instance_id=instance_id(self.service),
+                             topics=self.topics)
+        self._thread = threading.Thread(target=self._run, name=f"{self.service}-worker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:  # noqa: BLE001 - the health check must show it
+            log.exception("%s: worker stopped", self.service)
+            metrics.ERRORS.labels(self.service, "worker").inc()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Finish the record in flight and commit it (or leave it to be consumed again)."""
+        if self.worker is not None:
+            self.worker.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def attach(self, handle: ServiceHandle, host: ModelHost | None, version_id: str | None) -> ServiceHandle:
+        """Load the initial model, start consuming, and report health.
+
+        Health "" is the process (its worker runs); the service's own name is SERVING once a
+        model is loaded, so online calls are routed only to replicas that can answer them.
+        """
+        if host is not None:
+            from srlm.runtime.inference import initial_version
+
+            wanted = initial_version(host, version_id or os.environ.get("SRLM_MODEL_VERSION"))
+            if wanted:
+                host.load(wanted)
+        self.start()
+        handle.stop_callbacks.append(self.stop)
+        handle.set_serving(True)
+        if host is not None:
+            def model_health(_version: str | None = None) -> None:
+                status = SERVING if host.version_id else NOT_SERVING
+                for name in handle.service_names:
+                    handle.health.set(name, status)
+
+            host.on_load.append(model_health)
+            model_health()
+        return handle
+
+
+class Publisher:
+    """A non-transactional producer for control records (the controller's state and events)."""
+
+    def __init__(self, service: str, config: SRLMConfig) -> None:
+        self.topics = TopicRegistry.from_config(config.kafka)
+        self.service = service
+        self._producer = RecordProducer(config.kafka, self.topics)
+
+    def send(self, what: str, key: str, msg: Message) -> None:
+        topic = getattr(self.topics, what)
+        self._producer.send(topic, msg, key)
+        metrics.RECORDS_OUT.labels(self.service, topic.name).inc()
+
+    def flush(self) -> None:
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+def make_publisher(service: str, config: SRLMConfig) -> Publisher:
+    return Publisher(service, config)
+
+
+def read_topic(config: SRLMConfig, what: str) -> list[Message]:
+    """Every committed record of a topic, from the beginning (values only)."""
+    topic = getattr(TopicRegistry.from_config(config.kafka), what)
+    try:
+        return [r.value for r in read_to_end(config.kafka, topic)]
+    except KeyError:
+        return []  # the topic was never created: nothing was written to it
+
+
+class TopicFollower:
+    """Reads topics from the beginning, then follows them: ``callback(what, message)``.
+
+    Outside any consumer group: every controller replica sees everything, and a restarted
+    one rebuilds its view by reading again.
+    """
+
+    def __init__(self, service: str, config: SRLMConfig, whats: list[str],
+                 callback: Callable[[str, Message], None]) -> None:
+        self.config = config
+        self.topics = TopicRegistry.from_config(config.kafka)
+        self.by_name = {getattr(self.topics, w).name: (w, getattr(self.topics, w)) for w in whats}
+        self.callback = callback
+        self.service = service
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{service}-follower", daemon=True)
+        self._consumer: KafkaConsumer | None = None
+
+    def start(self) -> None:
+        ensure_topics(self.config.kafka, self.topics)
+        cfg = self.config.kafka
+        self._consumer = KafkaConsumer(**{**cfg.client_kwargs(), "client_id": f"{cfg.client_id}-{self.service}-follower"},
+                                       group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+                                       auto_offset_reset="earliest")
+        tps = [TopicPartition(name, p) for name in self.by_name
+               for p in sorted(self._consumer.partitions_for_topic(name) or [])]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+        self._end = self._consumer.end_offsets(tps)
+        self._thread.start()
+
+    def _run(self) -> None:
+        c = self._consumer
+        while not self._stop.is_set():
+            try:
+                polled = c.poll(timeout_ms=200)
+            except Exception:  # noqa: BLE001 - the broker may be restarting; keep following
+                log.warning("%s: poll failed; retrying", self.service, exc_info=True)
+                time.sleep(1)
+                continue
+            for raws in polled.values():
+                for raw in raws:
+                    what, topic = self.by_name[raw.topic]
+                    try:
+                        record = decode_record(raw, topic, self.config.kafka.max_record_bytes)
+                    except DecodeFailure as err:
+                        log.warning("%s: skipping undecodable %s/%d/%d: %s", self.service, raw.topic,
+                                    raw.partition, raw.offset, err)
+                        continue
+                    self.callback(what, record.value)
+            if not self._caught_up.is_set() and all(c.position(tp) >= end for tp, end in self._end.items()):
+                self._caught_up.set()
+
+    def wait_caught_up(self, timeout_s: float = 120.0) -> None:
+        if not self._caught_up.wait(timeout_s):
+            raise TimeoutError(f"{self.service}: topics not read to their end in {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)

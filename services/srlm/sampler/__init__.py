@@ -1,0 +1,1 @@
+"""Sampler: N candidate responses per prompt (srlm.prompts -> srlm.candidates); Sample/Generate over gRPC."""

@@ -1,0 +1,262 @@
+"""One training round, SFT or DPO: a base version and rows in, a published version out.
+
+What both stages share lives here: idempotent replay (a published ``out_version`` is returned
+without training), the training set stored beside the models, checkpoints in ``work_dir`` and
+resume from the last complete one, progress reports, merging a LoRA adapter, and publishing
+the model with its metrics. ``sft.py`` and ``dpo.py`` only build their TRL trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
+
+from srlm.config import TrainingSection
+from srlm.models.store import Manifest, ModelStore
+from srlm.trainer.schedule import gradient_accumulation_steps, lr_schedule
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+JOB_FILE = "srlm-job.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Per-step metrics in the manifest are the mean of the last logged steps, not one noisy step.
+SUMMARY_LOGS = 10
+# Config fields through which Hugging Face models read their dropout probabilities.
+DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+class WorkDirMismatch(RuntimeError):
+    """``work_dir`` holds the checkpoints of a different training job."""
+
+
+class TrainerBuilder(Protocol):
+    def __call__(self, model_dir: Path, examples: list[dict], *, output_dir: Path, seed: int,
+                 callbacks: Sequence[TrainerCallback]) -> Trainer: ...
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> dict[str, Any]:
+    """Keywords common to TRL's SFTConfig and DPOConfig, from the srlm config section."""
+    cuda = torch.cuda.is_available()
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps(cfg, int(os.environ.get("WORLD_SIZE", "1"))),
+        "learning_rate": cfg.learning_rate,
+        **lr_schedule(cfg),
+        "num_train_epochs": cfg.num_epochs,
+        "max_steps": cfg.max_steps,
+        "max_length": cfg.max_length,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "logging_steps": cfg.logging_steps,
+        "seed": seed,
+        "data_seed": seed,
+        "use_cpu": not cuda,  # TRL defaults to bf16, which fails on CPU unless use_cpu is set
+        "bf16": bf16,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "include_num_input_tokens_seen": "non_padding",
+        "report_to": [],
+        "disable_tqdm": True,
+    }
+
+
+def load_model(model_dir: Path, cfg: TrainingSection) -> tuple[PreTrainedModel, Any]:
+    """The model to train (fp32 weights, the config's dropout) and its tokenizer."""
+    config = AutoConfig.from_pretrained(model_dir)
+    dropout = {name: cfg.dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
+    if cfg.dropout and not dropout:
+        log.warning("%s has none of the dropout fields %s: training without dropout", config.model_type,
+                    DROPOUT_FIELDS)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **dropout)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def lora_config(cfg: TrainingSection):
+    """A peft LoraConfig when ``use_lora``; merged into the weights before publishing."""
+    if not cfg.use_lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+
+
+class ProgressCallback(TrainerCallback):
+    """Forwards each log to ``progress_cb(step, total_steps, logs)``; notes where this session began."""
+
+    def __init__(self, progress_cb: ProgressFn | None):
+        self.progress_cb = progress_cb
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Called after a checkpoint's state is loaded: a resumed run starts at its step.
+        self.start_step, self.start_tokens = state.global_step, state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numbers = {k: float(v) for k, v in (logs or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        log.info("step %d/%d %s", state.global_step, state.max_steps,
+                 " ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+        if self.progress_cb is not None:
+            try:
+                self.progress_cb(state.global_step, state.max_steps, numbers)
+            except Exception:  # a failing status reporter must not stop a training run
+                log.exception("progress callback failed at step %d", state.global_step)
+
+
+# --------------------------------------------------------------------------- work dir
+
+
+def bind_work_dir(work_dir: Path, job: dict[str, Any]) -> None:
+    """Claim ``work_dir`` for ``job``; refuse checkpoints that another job left there."""
+    path = work_dir / JOB_FILE
+    job = json.loads(json.dumps(job, sort_keys=True))
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != job:
+            differ = sorted(k for k in existing.keys() | job.keys() if existing.get(k) != job.get(k))
+            raise WorkDirMismatch(f"{work_dir} holds checkpoints of another training job (it differs in "
+                                  f"{differ}); remove the folder to start this one from scratch")
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(job, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def last_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete checkpoint; ones a crash cut short (no trainer_state.json) are removed.
+
+    transformers writes ``trainer_state.json`` last, so its presence marks a complete save.
+    """
+    complete = []
+    for path in work_dir.glob("checkpoint-*"):
+        match = CHECKPOINT_RE.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        if (path / "trainer_state.json").is_file():
+            complete.append((int(match.group(1)), path))
+        else:
+            log.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(complete)[1] if complete else None
+
+
+def clear_work_dir(work_dir: Path) -> None:
+    """Remove what training put in ``work_dir`` (checkpoints, TRL's model card, job file), then the
+    folder if nothing else is there."""
+    if not (work_dir / JOB_FILE).is_file():
+        return
+    for path in work_dir.glob("checkpoint-*"):
+        if CHECKPOINT_RE.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+    (work_dir / "README.md").unlink(missing_ok=True)
+    (work_dir / JOB_FILE).unlink(missing_ok=True)
+    try:
+        work_dir.rmdir()
+    except OSError:
+        pass  # something else lives there
+
+
+# --------------------------------------------------------------------------- the round
+
+
+def save_trained_model(trainer: Trainer, model_dir: Path, out_dir: Path) -> None:
+    """A full Hugging Face folder: LoRA merged, the base's config values the training changed restored."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model = model.merge_and_unload()
+    base = AutoConfig.from_pretrained(model_dir)
+    for name in (*DROPOUT_FIELDS, "use_cache"):
+        if hasattr(base, name):
+            setattr(model.config, name, getattr(base, name))
+    model.save_pretrained(out_dir)
+    trainer.processing_class.save_pretrained(out_dir)
+
+
+def summarize(trainer: Trainer, train_metrics: dict[str, float], progress: ProgressCallback,
+              examples: int, summary_keys: Sequence[str]) -> dict[str, float]:
+    """The manifest's metrics: final loss, speed, and ``summary_keys`` over the last logged steps."""
+    state = trainer.state
+    steps = [h for h in state.log_history if "loss" in h]  # includes steps before a resume
+    last = steps[-SUMMARY_LOGS:]
+    runtime = float(train_metrics.get("train_runtime", 0.0))
+    tokens = state.num_input_tokens_seen - progress.start_tokens
+    metrics = {
+        "loss": float(steps[-1]["loss"]) if steps else float(train_metrics.get("train_loss", 0.0)),
+        "train_runtime": runtime,
+        "train_tokens": float(tokens),
+        "train_tokens_per_second": tokens / runtime if runtime > 0 else 0.0,
+        "global_step": float(state.global_step),
+        "resumed_from_step": float(progress.start_step),
+        "epoch": float(state.epoch or 0.0),
+        "examples": float(examples),
+    }
+    for key in summary_keys:
+        values = [float(h[key]) for h in last if key in h]
+        if values:
+            metrics[key] = statistics.fmean(values)
+    return metrics
+
+
+def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: str, rows: list[dict],
+              examples: list[dict], cfg: TrainingSection, build_trainer: TrainerBuilder, summary_keys: Sequence[str],
+              run_id: str | None, iteration: int, work_dir: Path, seed: int,
+              progress_cb: ProgressFn | None = None) -> Manifest:
+    """Train ``base_version`` on ``examples`` and publish ``out_version`` (its parent: the base).
+
+    ``rows`` (as given, already validated into ``examples``) are stored as the training set.
+    A process killed mid-way and started again with the same arguments resumes from the last
+    checkpoint in ``work_dir``; one started after publishing gets the published manifest.
+    """
+    work_dir = Path(work_dir)
+    if store.exists(out_version):
+        log.info("%s is already published: nothing to train", out_version)
+        if not cfg.keep_checkpoints:
+            clear_work_dir(work_dir)
+        return store.get(out_version)
+    model_dir = store.path(base_version)  # checksums verified
+    dataset = f"{out_version}.{kind}"
+    data_sha256 = store.put_dataset(dataset, rows)
+    bind_work_dir(work_dir, {"kind": kind, "base_version": base_version, "out_version": out_version,
+                             "training_data_sha256": data_sha256, "seed": seed,
+                             "config": cfg.model_dump(mode="json")})
+    checkpoint = last_checkpoint(work_dir)
+    log.info("%s %s -> %s on %d examples%s", kind.upper(), base_version, out_version, len(examples),
+             f", resuming from {checkpoint.name}" if checkpoint else "")
+
+    progress = ProgressCallback(progress_cb)
+    trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress])
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    metrics = summarize(trainer, result.metrics, progress, len(examples), summary_keys)
+
+    import transformers
+    import trl
+
+    extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
+             "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}}
+    with store.staging(out_version) as staged:
+        save_trained_model(trainer, model_dir, staged)
+        manifest = store.publish(staged, version_id=out_version, parent_id=base_version, run_id=run_id,
+                                 iteration=iteration, kind=kind, training_data=dataset,
+                                 training_data_sha256=data_sha256, metrics=metrics, extra=extra)
+    if not cfg.keep_checkpoints:
+        clear_work_dir(work_dir)
+    return manifest

@@ -1,0 +1,180 @@
+"""The trainer process: TRAIN_SFT / TRAIN_DPO commands -> a new model version in the store
+and on ``srlm.models``; the Trainer gRPC API reports progress.
+
+An iteration's pairs are read from ``srlm.pairs`` by id (the controller's command lists the
+ids the training set must hold), deduplicated, and saved in the store as that iteration's
+training set before DPO starts. A command replayed after a crash resumes from the last
+checkpoint, or finds its version already published and only announces it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from pathlib import Path
+
+from srlm.config import SRLMConfig
+from srlm.models.store import ModelStore
+from srlm.runtime.model_host import ModelHost
+from srlm.runtime.pipeline import StageWorker, read_topic
+from srlm.runtime.records import meta
+from srlm.runtime.runconfig import from_yaml
+from srlm.runtime.server import ServiceHandle, start_grpc_server
+from srlm.trainer.sft_data import build_sft_rows
+from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT, "dpo": records_pb2.MODEL_KIND_DPO}
+
+
+class MissingPairs(RuntimeError):
+    """Some pairs of the command are not on srlm.pairs yet (retried by the worker)."""
+
+
+def dpo_rows(config: SRLMConfig, run_id: str, iteration: int, pair_ids: list[str],
+             timeout_s: float = 120.0) -> list[dict]:
+    """The iteration's training set: each listed pair once, in id order."""
+    wanted = set(pair_ids)
+    found: dict[str, records_pb2.PreferencePair] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for pair in read_topic(config, "pairs"):
+            if pair.meta.run_id == run_id and pair.meta.iteration == iteration and pair.meta.id in wanted:
+                found.setdefault(pair.meta.id, pair)  # a replayed duplicate is the same pair
+        if len(found) == len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    missing = wanted - set(found)
+    if missing:
+        raise MissingPairs(f"{len(missing)} of {len(wanted)} pairs not found on srlm.pairs, e.g. {sorted(missing)[:3]}")
+    return [{"pair_id": p.meta.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+             "chosen_score": p.chosen_score, "rejected_score": p.rejected_score}
+            for p in (found[i] for i in sorted(found))]
+
+
+class TrainerState:
+    """What GetTrainStatus reports: the round in progress or the last one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.status = services_pb2.TrainStatus(state="idle")
+
+    def begin(self, run_id: str, iteration: int, pairs: int) -> None:
+        with self._lock:
+            self.status = services_pb2.TrainStatus(run_id=run_id, iteration=iteration, state="training", pairs=pairs)
+
+    def progress(self, step: int, total: int, logs: dict) -> None:
+        with self._lock:
+            self.status.step, self.status.total_steps = step, total
+            self.status.metrics.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+    def end(self, state: str, version: str = "", error: str = "") -> None:
+        with self._lock:
+            self.status.state, self.status.output_version, self.status.error = state, version, error
+
+    def get(self, run_id: str, iteration: int) -> services_pb2.TrainStatus | None:
+        with self._lock:
+            s = self.status
+            if run_id and (s.run_id != run_id or (iteration and s.iteration != iteration)):
+                return None
+            return services_pb2.TrainStatus().FromString(s.SerializeToString())
+
+
+def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelStore,
+          state: TrainerState | None = None) -> records_pb2.ModelVersion:
+    """Run the command's training round and publish its version (idempotent)."""
+    from srlm.trainer.dpo import train_dpo
+    from srlm.trainer.sft import train_sft
+
+    run_cfg = from_yaml(cmd.config_yaml, config)
+    m = cmd.meta
+    work_dir = Path(config.model_store.root).parent / "checkpoints" / cmd.output_version
+    state = state or TrainerState()
+    if not store.exists(cmd.output_version):
+        if cmd.kind == records_pb2.COMMAND_KIND_TRAIN_SFT:
+            host = ModelHost("trainer", config, store)
+            host.load(cmd.base_version)
+            rows, stats = build_sft_rows(host, run_cfg, run_cfg.run.seed)
+            host.close()
+            state.begin(m.run_id, m.iteration, len(rows))
+            train_sft(store, cmd.base_version, cmd.output_version, rows, run_cfg.sft, run_id=m.run_id,
+                      iteration=1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress)
+        else:
+            rows = dpo_rows(config, m.run_id, m.iteration, list(cmd.pair_ids))
+            state.begin(m.run_id, m.iteration, len(rows))
+            train_dpo(store, cmd.base_version, cmd.output_version, rows, run_cfg.dpo, run_id=m.run_id,
+                      iteration=m.iteration + 1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress)
+    state.end("published", cmd.output_version)
+    manifest = store.get(cmd.output_version)
+    record = records_pb2.ModelVersion(
+        version_id=manifest.version_id, parent_id=manifest.parent_id or "", run_id=manifest.run_id or "",
+        iteration=manifest.iteration, kind=KINDS.get(manifest.kind, records_pb2.MODEL_KIND_UNSPECIFIED),
+        status=records_pb2.MODEL_STATUS_PUBLISHED, uri=str(store.path(manifest.version_id, verify=False)),
+        manifest_sha256=store.manifest_sha256(manifest.version_id),
+        training_data_sha256=manifest.training_data_sha256 or "", metrics=manifest.metrics)
+    record.created_at.GetCurrentTime()
+    return record
+
+
+class TrainerServicer(services_pb2_grpc.TrainerServicer):
+    def __init__(self, state: TrainerState) -> None:
+        self.state = state
+
+    def GetTrainStatus(self, request, context):
+        import grpc
+
+        status = self.state.get(request.run_id, request.iteration)
+        if status is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no training round of run {request.run_id!r} iteration {request.iteration} on this trainer")
+        return status
+
+
+def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | None = None,
+          version_id: str | None = None) -> ServiceHandle:
+    store = ModelStore(config.model_store.root)
+    state = TrainerState()
+    handle = start_grpc_server("trainer", config, [
+        (services_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(state), "srlm.v1.Trainer")],
+        grpc_port, metrics_port)
+
+    def handle_command(cmd: records_pb2.IterationCommand):
+        if cmd.kind not in (records_pb2.COMMAND_KIND_TRAIN_SFT, records_pb2.COMMAND_KIND_TRAIN_DPO):
+            return []
+        if cmd.kind == records_pb2.COMMAND_KIND_TRAIN_DPO and config.services.mode == "kubernetes":
+            return []  # on Kubernetes each DPO round is a Job (``srlm train dpo``) created by the controller
+        try:
+            record = train(cmd, config, store, state)
+        except Exception as err:
+            state.end("failed", error=str(err))
+            raise
+        return [("models", record.version_id, record)]
+
+    worker = StageWorker("trainer", config, "commands", handle_command)
+    return worker.attach(handle, None, None)
+
+
+def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
+    """``srlm train dpo|sft ...``: one round as a Kubernetes Job runs it, then announce the version."""
+    from srlm.runtime.pipeline import make_publisher
+
+    kind = records_pb2.COMMAND_KIND_TRAIN_SFT if args.kind == "sft" else records_pb2.COMMAND_KIND_TRAIN_DPO
+    cmd = records_pb2.IterationCommand(meta=meta(args.run_id, args.iteration, args.base_version,
+                                                 f"{args.run_id}.i{args.iteration}.{args.kind}"),
+                                       kind=kind, base_version=args.base_version, output_version=args.out_version)
+    if kind == records_pb2.COMMAND_KIND_TRAIN_DPO:
+        # The pair ids come from the controller's command on srlm.commands.
+        for c in read_topic(config, "commands"):
+            if c.meta.id == cmd.meta.id:
+                cmd = c
+    store = ModelStore(config.model_store.root)
+    record = train(cmd, config, store)
+    publisher = make_publisher("trainer", config)
+    publisher.send("models", record.version_id, record)
+    publisher.flush()
+    publisher.close()
+    print(record.version_id)
+    return 0

@@ -1,0 +1,72 @@
+"""M1's SFT data: IFT examples plus EFT examples whose judge rationales the base model
+wrote itself and that agree with the ranking of the answers (paper section 2.2)."""
+
+from __future__ import annotations
+
+import logging
+
+from srlm.config import SRLMConfig
+from srlm.models.engines import SamplingParams
+from srlm.recipe.judge import read_judge_template
+from srlm.recipe.seed import EFTCandidate, EFTReport, SFTExample, add_model_answers, eft_examples, load_seed_data
+from srlm.runtime.model_host import ModelHost
+from srlm.runtime.records import seed_for
+
+log = logging.getLogger(__name__)
+
+
+def _model_answers(host: ModelHost, candidates: list[EFTCandidate], config: SRLMConfig, seed: int) -> dict[str, str]:
+    s = config.sampling
+    params = SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p,
+                            max_tokens=config.seed_data.eft_answer_max_tokens, seed=seed_for("eft-answers", seed))
+    _, results = host.generate([[{"role": "user", "content": c.prompt}] for c in candidates], params)
+    return {c.prompt_id: r.completions[0].text for c, r in zip(candidates, results)}
+
+
+def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate], seed: int,
+              needs_model_answers: bool) -> tuple[list[SFTExample], EFTReport]:
+    """Judge every candidate's answers; keep the first attempt whose scores agree with the ranking."""
+    cfg = config.seed_data
+    candidates = candidates[: cfg.max_eft]
+    if needs_model_answers:
+        candidates = [c for c in add_model_answers(candidates, _model_answers(host, candidates, config, seed))
+                      if len(c.answers) >= 2]
+    template = read_judge_template(config.judge.template_file)
+    j = config.judge
+    params = SamplingParams(n=cfg.eft_judge_attempts, temperature=j.temperature, top_p=j.top_p,
+                            max_tokens=j.max_tokens, seed=seed_for("eft-judge", seed))
+    conversations = [conv for c in candidates for conv in c.judge_requests(template)]
+    _, results = host.generate(conversations, params)
+    # outputs[c][a][attempt]
+    outputs, i = [], 0
+    for c in candidates:
+        outputs.append([[comp.text for comp in results[i + a].completions] for a in range(len(c.answers))])
+        i += len(c.answers)
+    kept: list[SFTExample] = []
+    total = EFTReport(candidates=len(candidates))
+    remaining = list(range(len(candidates)))
+    for attempt in range(cfg.eft_judge_attempts):
+        if not remaining:
+            break
+        examples, report = eft_examples([candidates[k] for k in remaining],
+                                        [[o[attempt] for o in outputs[k]] for k in remaining], cfg,
+                                        max_score=j.max_score, template=template, seed=seed)
+        agreed = {e.example_id.rsplit(".eft", 1)[0] for e in examples}
+        kept += examples
+        remaining = [k for k in remaining if candidates[k].prompt_id not in agreed]
+        total.agree += report.agree
+    total.unparsed, total.disagree = len(remaining), 0
+    kept = kept[: cfg.max_eft]
+    total.examples = len(kept)
+    log.info("EFT: %d of %d candidates agree with the ranking -> %d examples", total.agree, len(candidates), len(kept))
+    return kept, total
+
+
+def build_sft_rows(host: ModelHost, config: SRLMConfig, seed: int) -> tuple[list[dict], dict[str, float]]:
+    """Rows for ``train_sft`` (TRL prompt-completion format) and counts for the manifest."""
+    data = load_seed_data(config.seed_data)
+    eft, report = build_eft(host, config, data.eft_train, seed, data.needs_model_answers)
+    rows = [{**e.to_prompt_completion(), "example_id": e.example_id, "kind": e.kind} for e in [*data.ift, *eft]]
+    stats = {"ift_examples": float(len(data.ift)), "eft_examples": float(len(eft)),
+             "eft_candidates": float(report.candidates), "eft_agree": float(report.agree)}
+    return rows, stats

@@ -1,0 +1,153 @@
+"""End to end on the real broker, the real services (processes) and the real model.
+
+1. The reduced CI config goes M0 -> M1 -> M2, promotes through the eval gate and writes
+   its report; the inference services then serve M2.
+2. Crash safety: the same run again, while the sampler, the judge, the trainer and the
+   controller are each SIGKILLed once at a random point and restarted; it must end with
+   exactly the pair ids of the undisturbed run (none lost, none twice) and exactly one
+   published version per iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from srlm.config import SRLMConfig
+from srlm.console import follow_run
+from srlm.controller.report import write_report
+from srlm.local import LocalStack
+from srlm.models.store import ModelStore
+from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
+from tests.e2e.conftest import child_config, pair_records, stack_for, start_run, started, wait_run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
+
+RUN_ID = "loop"
+RUN_TIMEOUT_S = 1800
+
+
+@dataclass
+class Finished:
+    stack: LocalStack
+    config: SRLMConfig
+    state: records_pb2.RunState
+
+
+def pair_ids(config: SRLMConfig) -> list[str]:
+    return [p.meta.id for p in pair_records(config) if p.meta.run_id == RUN_ID]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    stack = started(stack_for(tmp_path_factory.mktemp("undisturbed")))
+    try:
+        start_run(stack, RUN_ID)
+        with grpc.insecure_channel(stack.controller_address) as ch, \
+                grpc.insecure_channel(stack.address("trainer")) as tch:
+            state = follow_run(services_pb2_grpc.ControllerStub(ch), services_pb2_grpc.TrainerStub(tch), RUN_ID)
+        yield Finished(stack, child_config(stack), state)
+    finally:
+        stack.stop()
+
+
+def test_run_m0_to_m2(undisturbed, tmp_path):
+    state, config = undisturbed.state, undisturbed.config
+    assert state.stage == records_pb2.STAGE_DONE, state.error
+    store = ModelStore(config.model_store.root)
+    versions = {m.version_id: m for m in store.list(RUN_ID)}
+    assert set(versions) == {f"{RUN_ID}.m0", f"{RUN_ID}.m1", f"{RUN_ID}.m2"}
+    assert versions[f"{RUN_ID}.m1"].parent_id == f"{RUN_ID}.m0"
+    assert versions[f"{RUN_ID}.m2"].parent_id == f"{RUN_ID}.m1"
+    for m in versions.values():
+        store.verify(m.version_id)  # every file matches its manifest checksum
+    m2 = versions[f"{RUN_ID}.m2"]
+    assert m2.training_data_sha256 and m2.training_data
+
+    [it] = state.iterations
+    assert it.prompts >= 1 and it.judgment_sets == it.prompts
+    assert it.promoted, it.gate_reason
+    assert {"win_rate", "ifeval_accuracy", "length_ratio"} <= set(it.metrics)
+    assert state.serving_version == f"{RUN_ID}.m2"
+    assert store.status(f"{RUN_ID}.m2")[0] == "promoted"
+    # Every training pair is on srlm.pairs once, and exactly those pairs trained M2.
+    ids = pair_ids(config)
+    assert len(ids) == it.pairs == len(set(ids))
+    assert {r["pair_id"] for r in store.get_dataset(m2.training_data)} == set(ids)
+
+    # Promotion reached the inference services: they serve M2.
+    with grpc.insecure_channel(undisturbed.stack.address("sampler")) as ch:
+        reply = services_pb2_grpc.SamplerStub(ch).Sample(services_pb2.SampleRequest(
+            messages=[records_pb2.ChatMessage(role="user", content="hello")],
+            params=records_pb2.SamplingParams(n=1, max_tokens=4)), timeout=120)
+    assert reply.model_version == f"{RUN_ID}.m2"
+
+    report = write_report(config, state, tmp_path / "report")
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["run_id"] == RUN_ID and saved["iterations"][0]["pairs"] == it.pairs
+    assert saved["iterations"][0]["judge_parse_rate"] is not None
+    assert len(report["plots"]) == 5
+    for png in report["plots"]:
+        assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+# The stages during which each service is killed (once each, after a random delay).
+VICTIMS = {
+    "controller": (records_pb2.STAGE_SFT, records_pb2.STAGE_CANDIDATES, records_pb2.STAGE_JUDGMENTS,
+                   records_pb2.STAGE_EVAL),
+    "sampler": (records_pb2.STAGE_CANDIDATES,),
+    "judge": (records_pb2.STAGE_CANDIDATES, records_pb2.STAGE_JUDGMENTS),
+    "trainer": (records_pb2.STAGE_TRAINING,),
+}
+
+
+def test_crash_safety(undisturbed, tmp_path):
+    expected = sorted(pair_ids(undisturbed.config))
+    undisturbed.stack.stop()  # one stack at a time on this machine
+
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    plan = {name: rng.choice(stages) for name, stages in VICTIMS.items()}
+    delays = {name: rng.uniform(0.0, 4.0) for name in VICTIMS}
+    killed: dict[str, str] = {}
+    seen_since: dict[str, float] = {}
+
+    stack = started(stack_for(tmp_path))
+
+    def chaos(state: records_pb2.RunState) -> None:
+        for name, stage in plan.items():
+            if name in killed:
+                continue
+            # a stage the run has already left is replaced by the current one
+            due = state.stage == stage or (state.stage > stage and state.stage in VICTIMS[name])
+            if not due:
+                continue
+            since = seen_since.setdefault(name, time.monotonic())
+            if time.monotonic() - since < delays[name]:
+                continue
+            stack.kill(name)
+            killed[name] = records_pb2.Stage.Name(state.stage)
+            stack.start_service(name, wait=True)
+            return  # one at a time
+
+    try:
+        start_run(stack, RUN_ID)
+        state = wait_run(stack, RUN_ID, RUN_TIMEOUT_S, on_poll=chaos)
+        config = child_config(stack)
+        assert state.stage == records_pb2.STAGE_DONE, state.error
+        assert len(killed) >= 3, f"chaos seed {seed}: only {killed} were killed"
+        ids = pair_ids(config)
+        assert len(ids) == len(set(ids)), f"chaos seed {seed}, kills {killed}: a pair was produced twice"
+        assert sorted(ids) == expected, f"chaos seed {seed}, kills {killed}: pairs differ from the undisturbed run"
+        store = ModelStore(config.model_store.root)
+        assert sorted(m.version_id for m in store.list(RUN_ID)) == [f"{RUN_ID}.m0", f"{RUN_ID}.m1", f"{RUN_ID}.m2"]
+        m2 = store.get(f"{RUN_ID}.m2")
+        assert sorted(r["pair_id"] for r in store.get_dataset(m2.training_data)) == expected
+    finally:
+        stack.stop()

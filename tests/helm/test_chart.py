@@ -1,0 +1,327 @@
+"""The Helm chart, rendered by the real helm and validated against Kubernetes 1.35's schemas.
+
+Value sets: the defaults and tests/helm/values/*.yaml (GPU pools with tolerations, an
+existing PVC, Kafka over SASL/TLS with Strimzi topics and KEDA on). Assertions are on the
+rendered objects: where the values put GPUs, node pools and probes, what the controller's
+Role grants, and that the chart's srlm config is one srlm's config layer accepts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from srlm.config import parse_config
+from srlm.controller.kube import MODEL_VERSION_ENV, PERMISSIONS, render_job
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "srlm"
+VALUES = Path(__file__).parent / "values"
+K8S_VERSION = "1.35.0"
+VALUE_SETS = ["default", "gpu-pools", "existing-pvc", "strimzi"]
+INFERENCE = ("promptgen", "sampler", "judge")
+SERVICES = ("controller", "promptgen", "sampler", "judge", "trainer")
+CRD_KINDS = {"KafkaTopic", "ScaledObject"}  # no schema offline; asserted on below
+
+
+def helm(helm_bin: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(helm_bin), *args], capture_output=True, text=True, timeout=120)
+
+
+def values_args(value_set: str) -> list[str]:
+    return [] if value_set == "default" else ["-f", str(VALUES / f"{value_set}.yaml")]
+
+
+@pytest.fixture(scope="session")
+def rendered(helm_bin) -> dict[str, list[dict]]:
+    """value set -> the rendered objects of release "t" in namespace "ml"."""
+    out = {}
+    for value_set in VALUE_SETS:
+        proc = helm(helm_bin, "template", "t", str(CHART), "-n", "ml", *values_args(value_set))
+        assert proc.returncode == 0, proc.stderr
+        out[value_set] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    return out
+
+
+def find(objs: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objs: list[dict], kind: str, name: str) -> dict:
+    (obj,) = find(objs, kind, name)
+    return obj
+
+
+def srlm_config(objs: list[dict]):
+    cm = one(objs, "ConfigMap", "t-srlm-config")
+    return parse_config(yaml.safe_load(cm["data"]["config.yaml"]), environ={})
+
+
+def job_template(objs: list[dict]) -> dict:
+    return yaml.safe_load(one(objs, "ConfigMap", "t-srlm-dpo-job")["data"]["job.yaml"])
+
+
+def pod_specs(objs: list[dict]) -> dict[str, dict]:
+    """component -> pod spec, for the Deployments and the DPO Job template."""
+    specs = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o["spec"]["template"]["spec"]
+             for o in find(objs, "Deployment")}
+    specs["dpo"] = job_template(objs)["spec"]["template"]["spec"]
+    return specs
+
+
+# --------------------------------------------------------------------------- lint + schemas
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_lint_strict(helm_bin, value_set):
+    proc = helm(helm_bin, "lint", "--strict", str(CHART), *values_args(value_set))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_document_validates_against_kubernetes_1_35(rendered, value_set):
+    objs = rendered[value_set]
+    for obj in objs:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # The Job inside the template ConfigMap is a Kubernetes object too.
+    job = render_job(job_template(objs), name="t-srlm-dpo-r-2", run_id="r", iteration=2,
+                     base_version="m1", out_version="m2", owner=None)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_cli_validator_accepts_the_rendered_stream(helm_bin, value_set, tmp_path):
+    """The CI form: helm template | kubernetes-validate --strict."""
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(helm(helm_bin, "template", "t", str(CHART), *values_args(value_set)).stdout)
+    validator = Path(sys.executable).parent / "kubernetes-validate"
+    proc = subprocess.run([str(validator), "--strict", "-k", K8S_VERSION, str(manifest)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ERROR" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("wrong-type", "/sampler/replicas"),
+    ("unknown-key", "'replica' not allowed"),
+])
+def test_schema_rejects_bad_values(helm_bin, bad, message):
+    for command in (["template", "t"], ["install", "t", "--dry-run=client"]):
+        proc = helm(helm_bin, *command, str(CHART), "-f", str(VALUES / f"{bad}.yaml"))
+        assert proc.returncode != 0
+        assert message in proc.stderr, proc.stderr
+
+
+def test_schema_requires_a_sasl_mechanism(helm_bin):
+    proc = helm(helm_bin, "template", "t", str(CHART), "--set", "kafka.securityProtocol=SASL_SSL")
+    assert proc.returncode != 0 and "/kafka/sasl/mechanism" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_default_gpus_and_probes(rendered):
+    objs = rendered["default"]
+    config = srlm_config(objs)
+    for name in SERVICES:
+        dep = one(objs, "Deployment", f"t-srlm-{name}")
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        gpus = container["resources"].get("limits", {}).get("nvidia.com/gpu")
+        assert gpus == (None if name == "controller" else 1), name
+        grpc_port = getattr(config.services, name).grpc
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["grpc"] == {"port": grpc_port}, (name, probe)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"grpc": grpc_port, "metrics": getattr(config.services, name).metrics}
+        assert container["args"] == ["serve", name]
+        svc = one(objs, "Service", f"t-srlm-{name}")
+        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == ports
+        assert getattr(config.services, name).host == svc["metadata"]["name"]
+    for name in ("promptgen", "sampler", "judge", "trainer"):
+        assert one(objs, "PodDisruptionBudget", f"t-srlm-{name}")["spec"]["maxUnavailable"] == 1
+
+
+def test_gpu_pools_place_each_component(rendered):
+    specs = pod_specs(rendered["gpu-pools"])
+    gpu_taint = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    for name in INFERENCE:
+        assert specs[name]["nodeSelector"]["cloud.google.com/gke-nodepool"] == "gpu-inference"
+        assert gpu_taint in specs[name]["tolerations"]
+        assert "affinity" not in specs[name]
+    # sampler: its own selector merged over the pool's, its own GPU count
+    assert specs["sampler"]["nodeSelector"] == {"cloud.google.com/gke-nodepool": "gpu-inference",
+                                                "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    (sampler,) = specs["sampler"]["containers"]
+    assert sampler["resources"]["limits"]["nvidia.com/gpu"] == 2
+    # judge: its toleration appended to the pool's
+    assert specs["judge"]["tolerations"] == [gpu_taint, {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]
+    for name in ("trainer", "dpo"):
+        assert specs[name]["nodeSelector"] == {"cloud.google.com/gke-nodepool": "gpu-training"}
+        assert {"key": "pool", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in specs[name]["tolerations"]
+        terms = specs[name]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["nvidia-h100-80gb"]
+    (dpo,) = specs["dpo"]["containers"]
+    assert dpo["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert specs["controller"]["nodeSelector"] == {"cloud.google.com/gke-nodepool": "default-pool"}
+    assert "tolerations" not in specs["controller"]
+    objs = rendered["gpu-pools"]
+    assert one(objs, "Deployment", "t-srlm-sampler")["spec"]["replicas"] == 4
+    assert one(objs, "Deployment", "t-srlm-judge")["spec"]["replicas"] == 2
+
+
+def test_security_context_everywhere(rendered):
+    for value_set, objs in rendered.items():
+        for name, spec in pod_specs(objs).items():
+            assert spec["securityContext"]["runAsNonRoot"] is True, (value_set, name)
+            assert spec["securityContext"]["runAsUser"] != 0
+            for c in spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+                assert sc["capabilities"]["drop"] == ["ALL"]
+                assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}  # the one writable path
+
+
+def test_only_the_controller_gets_an_api_token(rendered):
+    for name, spec in pod_specs(rendered["default"]).items():
+        assert spec["automountServiceAccountToken"] is (name == "controller"), name
+        assert spec["serviceAccountName"] == ("t-srlm-controller" if name == "controller" else "t-srlm")
+
+
+# --------------------------------------------------------------------------- model store, Kafka
+
+
+def test_model_store_claim(rendered):
+    (pvc,) = find(rendered["default"], "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    objs = rendered["existing-pvc"]
+    assert not find(objs, "PersistentVolumeClaim")
+    assert srlm_config(objs).model_store.root == Path("/mnt/models")
+    for name, spec in pod_specs(objs).items():
+        (models,) = [v for v in spec["volumes"] if v["name"] == "models"]
+        assert models["persistentVolumeClaim"]["claimName"] == "shared-models"
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "models"]
+        assert mount["mountPath"] == "/mnt/models"
+        assert mount["readOnly"] is (name in INFERENCE), name
+
+
+def test_kafka_security_and_strimzi_topics(rendered):
+    objs = rendered["strimzi"]
+    config = srlm_config(objs)
+    assert config.kafka.bootstrap_servers == ["prod-kafka-bootstrap.kafka:9093"]
+    assert config.kafka.security_protocol == "SASL_SSL" and config.kafka.sasl_mechanism == "SCRAM-SHA-512"
+    assert config.kafka.ssl_cafile == "/etc/srlm/kafka-tls/ca.crt"
+    for name, spec in pod_specs(objs).items():
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["SRLM_KAFKA__SASL_PLAIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == \
+            {"name": "srlm-kafka-user", "key": "password"}, name
+        (tls,) = [v for v in spec["volumes"] if v["name"] == "kafka-tls"]
+        assert tls["secret"]["secretName"] == "prod-cluster-ca-cert"
+    topics = {t["spec"]["topicName"]: t for t in find(objs, "KafkaTopic")}
+    assert set(topics) == {f"srlm.{t}" for t in ("commands", "prompts", "candidates", "judgments", "pairs",
+                                                  "models", "runs", "events", "deadletter")}
+    for name, topic in topics.items():
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "prod"
+        assert topic["spec"]["partitions"] == 8 and topic["spec"]["replicas"] == 3
+        compacted = name in ("srlm.models", "srlm.runs")
+        assert topic["spec"]["config"]["cleanup.policy"] == ("compact" if compacted else "delete")
+    assert not find(rendered["default"], "KafkaTopic")
+
+
+def test_keda_scales_sampler_and_judge_on_lag(rendered):
+    objs = rendered["strimzi"]
+    for name, topic in (("sampler", "srlm.prompts"), ("judge", "srlm.candidates")):
+        assert "replicas" not in one(objs, "Deployment", f"t-srlm-{name}")["spec"]  # KEDA owns it
+        scaled = one(objs, "ScaledObject", f"t-srlm-{name}")
+        assert scaled["spec"]["scaleTargetRef"]["name"] == f"t-srlm-{name}"
+        assert scaled["spec"]["maxReplicaCount"] == 8
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] == topic
+        assert trigger["authenticationRef"] == {"name": "srlm-kafka-keda"}
+    assert not find(rendered["default"], "ScaledObject")
+
+
+# --------------------------------------------------------------------------- controller
+
+
+def test_role_grants_exactly_what_the_controller_uses(rendered):
+    objs = rendered["default"]
+    kube = srlm_config(objs).kubernetes
+    role = one(objs, "Role", "t-srlm-controller")
+    granted: dict[tuple[str, str], set[str]] = {}
+    names: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+                names.setdefault((group, resource), set()).update(rule.get("resourceNames", ["*"]))
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+    assert granted == {key: set(verbs) for key, verbs in PERMISSIONS.items()}
+    # Deployments: only the three inference ones (patch) and the controller's own (get).
+    patchable = next(r for r in role["rules"] if "patch" in r["verbs"])
+    assert sorted(patchable["resourceNames"]) == sorted(kube.inference_deployments)
+    assert names[("apps", "deployments")] == {*kube.inference_deployments, kube.controller_deployment}
+    assert names[("", "configmaps")] == {kube.job_template_configmap}
+    assert {d["metadata"]["name"] for d in find(objs, "Deployment")} >= names[("apps", "deployments")]
+    binding = one(objs, "RoleBinding", "t-srlm-controller")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "t-srlm-controller", "namespace": "ml"}]
+
+
+def test_chart_config_is_valid_srlm_config(rendered):
+    for value_set, objs in rendered.items():
+        config = srlm_config(objs)
+        assert config.services.mode == "kubernetes"
+        assert config.kubernetes.job_template_configmap == "t-srlm-dpo-job"
+        assert config.kubernetes.inference_deployments == [f"t-srlm-{n}" for n in INFERENCE]
+
+
+def test_dpo_job_template(rendered):
+    template = job_template(rendered["default"])
+    assert template["metadata"]["name"] == "t-srlm-dpo"
+    spec = template["spec"]
+    assert spec["backoffLimit"] == 0 and spec["template"]["spec"]["restartPolicy"] == "Never"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"] == ["train", "dpo"]
+    assert container["image"].endswith(":0.1.0-gpu")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    job = render_job(template, name="t-srlm-dpo-run-7-2", run_id="run-7", iteration=2,
+                     base_version="m2", out_version="m3",
+                     owner={"metadata": {"name": "t-srlm-controller", "uid": "u-1"}})
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "train", "dpo", "--run-id", "run-7", "--iteration", "2", "--base-version", "m2", "--out-version", "m3"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_model_version_value(helm_bin):
+    proc = helm(helm_bin, "template", "t", str(CHART), "--set", "model.version=m1")
+    assert proc.returncode == 0, proc.stderr
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    for name in SERVICES:
+        (container,) = one(objs, "Deployment", f"t-srlm-{name}")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env.get(MODEL_VERSION_ENV) == ("m1" if name in INFERENCE else None), name
+
+
+def test_network_policy_admits_only_srlm_pods_to_grpc(rendered):
+    (policy,) = find(rendered["default"], "NetworkPolicy")
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    assert grpc_rule["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "srlm", "app.kubernetes.io/instance": "t"}}}]
+    config = srlm_config(rendered["default"])
+    assert sorted(p["port"] for p in grpc_rule["ports"]) == sorted(getattr(config.services, n).grpc for n in SERVICES)
+    assert sorted(p["port"] for p in metrics_rule["ports"]) == sorted(getattr(config.services, n).metrics for n in SERVICES)
+
+
+def test_notes_say_how_to_start_a_run(helm_bin):
+    proc = helm(helm_bin, "install", "t", str(CHART), "-n", "ml", "--dry-run=client")
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "StartRun" in notes and "t-srlm-controller" in notes

@@ -1,0 +1,184 @@
+"""SFT and DPO on the real SmolLM2-135M on CPU: a few steps each, published to the real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from srlm.config import DPOConfig, SFTConfig
+from srlm.trainer.data import sft_examples
+from srlm.trainer.dpo import REWARD_METRICS, train_dpo
+from srlm.trainer.sft import build_sft_trainer, train_sft
+from tests.trainer import dpo_job
+from tests.trainer.rows import PAIRS, SFT_ROWS
+
+pytestmark = pytest.mark.model
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = "model.layers.0.self_attn.q_proj.weight"
+
+
+def tiny(cls, **values):
+    """The paper's hyperparameters, sized for a test: 2 optimizer steps of 2 examples."""
+    return cls(**{"max_steps": 2, "batch_size": 2, "per_device_batch_size": 2, "max_length": 256, **values})
+
+
+def weight(store, version: str, name: str = PROBE):
+    with safe_open(store.path(version) / "model.safetensors", "pt") as f:
+        return f.get_tensor(name)
+
+
+def weights_changed(store, base: str, new: str) -> bool:
+    before, after = weight(store, base), weight(store, new)
+    assert before.shape == after.shape
+    return not bool((before == after).all())
+
+
+class Progress:
+    def __init__(self):
+        self.calls: list[tuple[int, int, dict]] = []
+
+    def __call__(self, step: int, total: int, logs: dict) -> None:
+        self.calls.append((step, total, logs))
+
+    def steps(self) -> list[dict]:
+        """Per-step logs (the final summary log has no 'loss')."""
+        return [{"step": s, "total": t, **logs} for s, t, logs in self.calls if "loss" in logs]
+
+
+def test_sft_trains_and_publishes_m1_with_its_data(m0, tmp_path):
+    store, base = m0
+    progress = Progress()
+    cfg = tiny(SFTConfig, per_device_batch_size=1)  # batch 2 = 2 accumulated micro-batches
+    manifest = train_sft(store, base.version_id, "sft-m1", SFT_ROWS, cfg, run_id="t-sft", work_dir=tmp_path / "w",
+                         seed=7, progress_cb=progress)
+
+    assert (manifest.version_id, manifest.parent_id, manifest.kind, manifest.iteration) == ("sft-m1", "m0", "sft", 1)
+    assert manifest.training_data_sha256 == store.dataset_sha256(manifest.training_data)
+    assert store.get_dataset(manifest.training_data) == SFT_ROWS
+    steps = progress.steps()
+    assert [(s["step"], s["total"]) for s in steps] == [(1, 2), (2, 2)]
+    assert all(s["loss"] > 0 for s in steps)
+    assert steps[0]["learning_rate"] == pytest.approx(5.5e-6)  # the paper's start, then the cosine decay
+    assert 1.1e-6 < steps[1]["learning_rate"] < 5.5e-6
+    for key in ("loss", "train_runtime", "train_tokens_per_second", "mean_token_accuracy"):
+        assert manifest.metrics[key] > 0, key
+    assert manifest.metrics["global_step"] == 2
+    assert weights_changed(store, "m0", "sft-m1")
+    store.verify("sft-m1")
+    assert not (tmp_path / "w").exists()  # checkpoints are removed once published
+
+    # A replayed command finds the version and returns it without training.
+    replay = Progress()
+    assert train_sft(store, "m0", "sft-m1", SFT_ROWS, cfg, run_id="t-sft", work_dir=tmp_path / "w", seed=7,
+                     progress_cb=replay) == manifest
+    assert replay.calls == []
+
+
+def test_sft_loss_is_on_the_answer_tokens_only(m0, tmp_path):
+    store, base = m0
+    examples = sft_examples(SFT_ROWS)
+    trainer = build_sft_trainer(store.path(base.version_id), examples, tiny(SFTConfig), output_dir=tmp_path, seed=0)
+    tok = trainer.processing_class
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
+    for row, ids, labels, mask in zip(examples, batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
+        prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        assert ids[:n] == tok(prompt, add_special_tokens=False)["input_ids"]
+        assert set(labels[:n]) == {-100}, "prompt tokens must not be trained on"
+        assert labels[n:] == ids[n:], "every answer token is trained on"
+        assert tok.decode(labels[n:]) == row["completion"][0]["content"] + "<|im_end|>\n"
+
+
+def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
+    store, base = m0
+    progress = Progress()
+    manifest = train_dpo(store, base.version_id, "dpo-m2", PAIRS, tiny(DPOConfig), run_id="t-dpo", iteration=2,
+                         work_dir=tmp_path / "w", seed=11, progress_cb=progress)
+
+    assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "dpo", 2)
+    assert store.get_dataset(manifest.training_data) == PAIRS
+    steps = progress.steps()
+    assert [s["step"] for s in steps] == [1, 2]
+    assert steps[0]["learning_rate"] == pytest.approx(1e-6) and steps[1]["learning_rate"] == pytest.approx(5.5e-7)
+    for s in steps:
+        assert set(REWARD_METRICS) <= s.keys()
+        assert 0 <= s["rewards/accuracies"] <= 1
+        assert s["rewards/margins"] == pytest.approx(s["rewards/chosen"] - s["rewards/rejected"], abs=1e-5)
+    for key in (*REWARD_METRICS, "loss", "train_runtime", "train_tokens_per_second"):
+        assert key in manifest.metrics, key
+    assert manifest.metrics["rewards/margins"] == pytest.approx(sum(s["rewards/margins"] for s in steps) / 2)
+    assert weights_changed(store, "m0", "dpo-m2")
+
+
+@pytest.mark.parametrize("variant", ["ipo", "sigmoid+nll", "lora"])
+def test_dpo_variants_run_and_publish_a_full_model(m0, tmp_path, variant):
+    store, base = m0
+    if variant == "lora":
+        cfg = tiny(DPOConfig, max_steps=1, use_lora=True, learning_rate=1e-4, final_learning_rate=1e-5)
+    else:
+        cfg = tiny(DPOConfig, max_steps=1, loss_type=variant)
+    progress = Progress()
+    version = f"dpo-{variant.replace('+', '-')}"
+    manifest = train_dpo(store, base.version_id, version, PAIRS, cfg, run_id="t-variants", iteration=2,
+                         work_dir=tmp_path / "w", seed=5, progress_cb=progress)
+    (step,) = progress.steps()
+    if variant == "ipo":
+        # IPO's loss is (h - 1/(2 beta))^2; before any update h ~ 0 (only dropout noise), so ~ 5^2.
+        assert 20 < step["loss"] < 30
+    elif variant == "sigmoid+nll":
+        # ln 2 of the sigmoid loss at the reference plus the chosen answers' NLL.
+        assert step["loss"] > 1.0
+    else:
+        assert manifest.extra["lora_merged"] is True
+        assert not (store.path(version) / "adapter_config.json").exists()
+    with safe_open(store.path(version) / "model.safetensors", "pt") as new, \
+            safe_open(store.path("m0") / "model.safetensors", "pt") as old:
+        assert set(new.keys()) == set(old.keys())  # a full Hugging Face folder, same tensors as M0
+    assert weights_changed(store, "m0", version)
+
+
+def test_killed_dpo_run_resumes_from_its_checkpoint_and_publishes_once(m0, tmp_path):
+    store, _ = m0
+    work, first, second = tmp_path / "w", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    log_path = tmp_path / "job.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.trainer.dpo_job", str(store.root), str(work),
+                                 str(first)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 600
+        while not (work / "checkpoint-1" / "trainer_state.json").exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the DPO process ended (rc {proc.returncode}) before its first checkpoint:\n"
+                            + log_path.read_text()[-4000:])
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint after 600 s:\n" + log_path.read_text()[-4000:])
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not store.exists(dpo_job.VERSION), "killed before publishing"
+
+    steps_before = [json.loads(line)["step"] for line in first.read_text().splitlines()]
+    assert steps_before[0] == 1
+    manifest = dpo_job.run(str(store.root), str(work), str(second))  # restarted with the same arguments
+
+    steps_after = [json.loads(line)["step"] for line in second.read_text().splitlines()
+                   if "loss" in json.loads(line)]
+    assert steps_after == [2, 3], "the restarted run continues after checkpoint-1 instead of starting at 0"
+    assert manifest.metrics["resumed_from_step"] == 1 and manifest.metrics["global_step"] == 3
+    assert manifest.parent_id == "m0"
+    assert [m.version_id for m in store.list()].count(dpo_job.VERSION) == 1
+    assert not list(store.staging_dir.glob(f"{dpo_job.VERSION}.*")), "no staged copy left behind"
+    assert not work.exists()

@@ -57,10 +57,18 @@ class Row:
     records: int
     seconds: float
     latencies_ms: list[float]
+    producer_cpu_s: float
+    consumer_cpu_s: float
 
     @property
     def rps(self) -> float:
         return self.records / self.seconds
+
+    @property
+    def cpu_us(self) -> tuple[float, float]:
+        """CPU microseconds per record in the producer and the consumer process (all threads):
+        a figure the other load on a shared machine does not move much."""
+        return self.producer_cpu_s / self.records * 1e6, self.consumer_cpu_s / self.records * 1e6
 
     def pct(self, q: float) -> float:
         return statistics.quantiles(self.latencies_ms, n=100)[q - 1] if len(self.latencies_ms) > 1 else float("nan")
@@ -79,6 +87,7 @@ def consume(cfg_json: str, topic_name: str, count: int, ready, results) -> None:
     consumer.poll(timeout_ms=100)  # connect before the producer starts
     ready.set()
     latencies, seen = [], 0
+    cpu0 = time.process_time()
     while seen < count:
         for raws in consumer.poll(timeout_ms=500, max_records=2000).values():
             now = time.time_ns()
@@ -86,7 +95,7 @@ def consume(cfg_json: str, topic_name: str, count: int, ready, results) -> None:
                 record = decode_record(raw, topic, cfg.max_record_bytes)
                 latencies.append((now - int(record.headers[SENT_AT])) / 1e6)
                 seen += 1
-    results.put((time.time_ns(), latencies))
+    results.put((time.time_ns(), latencies, time.process_time() - cpu0))
     consumer.close()
 
 
@@ -108,13 +117,13 @@ def run(cfg: KafkaConfig, scenario: str, client: str, partitions: int, records: 
                                        headers={SENT_AT: str(time.time_ns())})
         flush = producer.flush
     else:  # the baseline: kafka-python with bytes prepared in advance
-        producer = KafkaProducer(**cfg.client_kwargs(), acks="all", linger_ms=cfg.linger_ms)
+        producer = KafkaProducer(**cfg.client_kwargs(), acks="all", linger_ms=cfg.linger_ms, batch_size=cfg.batch_bytes)
         values = [(m.prompt_id.encode(), m.SerializeToString()) for m in msgs]
         send = lambda i: producer.send(topics.pairs.name, key=values[i][0], value=values[i][1],  # noqa: E731
                                        headers=[(SENT_AT, str(time.time_ns()).encode()),
                                                 ("srlm-schema", b"srlm.v1.PreferencePair")])
         flush = producer.flush
-    start = time.time_ns()
+    start, cpu0 = time.time_ns(), time.process_time()
     for i in range(records):
         if rate:
             delay = start / 1e9 + i / rate - time.time()
@@ -122,10 +131,11 @@ def run(cfg: KafkaConfig, scenario: str, client: str, partitions: int, records: 
                 time.sleep(delay)
         send(i)
     flush()
-    end, latencies = results.get(timeout=300)
+    producer_cpu = time.process_time() - cpu0
+    end, latencies, consumer_cpu = results.get(timeout=300)
     child.join(30)
     producer.close()
-    row = Row(scenario, client, partitions, records, (end - start) / 1e9, latencies)
+    row = Row(scenario, client, partitions, records, (end - start) / 1e9, latencies, producer_cpu, consumer_cpu)
     print(f"  {scenario} {client} {partitions}p: {row.rps:,.0f} records/s, p99 {row.pct(99):.1f} ms", flush=True)
     return row
 
@@ -161,11 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     baseline = {r.partitions: r.rps for r in rows if r.client == "kafka-python"}
     print()
     print(f"{'scenario':<14}{'client':<14}{'partitions':>10}{'records':>9}{'records/s':>11}"
-          f"{'p50 ms':>9}{'p99 ms':>9}{'vs 10k/s':>10}{'vs baseline':>13}")
+          f"{'p50 ms':>9}{'p99 ms':>9}{'vs 10k/s':>10}{'vs baseline':>13}{'cpu us/rec prod+cons':>22}")
     for r in rows:
-        vs_base = f"{r.rps / baseline[r.partitions]:.2f}x" if r.client == "srlm" and r.scenario == "max-rate" else ""
+        max_rate = r.scenario == "max-rate"
+        vs_base = f"{r.rps / baseline[r.partitions]:.2f}x" if r.client == "srlm" and max_rate else ""
+        vs_target = f"{r.rps / TARGET_RPS:.2f}x" if max_rate else ""
         print(f"{r.scenario:<14}{r.client:<14}{r.partitions:>10}{r.records:>9}{r.rps:>11,.0f}"
-              f"{r.pct(50):>9.1f}{r.pct(99):>9.1f}{r.rps / TARGET_RPS:>9.2f}x{vs_base:>13}")
+              f"{r.pct(50):>9.1f}{r.pct(99):>9.1f}{vs_target:>10}{vs_base:>13}"
+              f"{r.cpu_us[0]:>13.0f} + {r.cpu_us[1]:<6.0f}")
     if memory:
         mib = {k: v / (1 << 20) for k, v in memory.items()}
         print(f"\nbroker memory: heap max {mib['heap_max']:.0f} MiB, heap committed "

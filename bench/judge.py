@@ -48,7 +48,12 @@ def fixed_set(n_good: int, n_bad: int) -> list[tuple[str, str, str]]:
     return rows
 
 
+def log(message: str) -> None:
+    print(f"[bench/judge] {message}", file=sys.stderr, flush=True)
+
+
 def judge(engine, conversations, params) -> tuple[list[list[str]], float]:
+    log(f"judging {len(conversations)} conversation(s) x {params.n}")
     start = time.perf_counter()
     results = engine.generate(conversations, params)
     return [[c.text for c in r.completions] for r in results], time.perf_counter() - start
@@ -80,6 +85,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp:
         store = ModelStore(Path(args.store or tmp))
+        log(f"importing m0 into {store.root}")
         import_base_model(store, cfg.base_model.source, "m0", cfg.base_model.gguf_file)
         with create_engine(cfg.engine) as engine:
             start = time.perf_counter()

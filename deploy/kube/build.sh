@@ -36,7 +36,10 @@ build() {  # build <name> <ldflags>
 }
 
 build etcd "-s -w"
-kv=$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$here/kube-apiserver/go.mod")
+# The version it reports (and its metrics registry requires) is the k8s.io/kubernetes it builds.
+kv=$(awk '$1 == "k8s.io/kubernetes" {print $2} $1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' \
+  "$here/kube-apiserver/go.mod")
+[[ $kv =~ ^v1\.[0-9]+\.[0-9]+$ ]] || { echo "build.sh: no k8s.io/kubernetes version in kube-apiserver/go.mod" >&2; exit 1; }
 minor=$(echo "$kv" | cut -d. -f2)
 build kube-apiserver "-s -w \
  -X k8s.io/component-base/version.gitVersion=$kv \

@@ -63,6 +63,7 @@ class KafkaConfig(Section):
     exactly_once: bool = Field(True, description="transactions; False: at-least-once, consumers dedupe by id")
     transaction_timeout_ms: int = Field(60_000, ge=1000, description="broker aborts a transaction left open longer")
     linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    batch_bytes: int = Field(256 * 1024, ge=1024, description="producer batch per partition (records are ~2 KB)")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection and security keywords shared by kafka-python's clients."""

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from srlm.bus.topics import TopicRegistry
 from srlm.config import parse_config
 from srlm.controller.kube import MODEL_VERSION_ENV, PERMISSIONS, render_job
 
@@ -225,26 +226,31 @@ def test_kafka_security_and_strimzi_topics(rendered):
             {"name": "srlm-kafka-user", "key": "password"}, name
         (tls,) = [v for v in spec["volumes"] if v["name"] == "kafka-tls"]
         assert tls["secret"]["secretName"] == "prod-cluster-ca-cert"
-    topics = {t["spec"]["topicName"]: t for t in find(objs, "KafkaTopic")}
-    assert set(topics) == {f"srlm.{t}" for t in ("commands", "prompts", "candidates", "judgments", "pairs",
-                                                  "models", "runs", "events", "deadletter")}
-    for name, topic in topics.items():
-        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "prod"
-        assert topic["spec"]["partitions"] == 8 and topic["spec"]["replicas"] == 3
-        compacted = name in ("srlm.models", "srlm.runs")
-        assert topic["spec"]["config"]["cleanup.policy"] == ("compact" if compacted else "delete")
+    # The KafkaTopics are the topics srlm's own registry would create from the chart's config.
+    topics = {t["spec"]["topicName"]: t["spec"] for t in find(objs, "KafkaTopic")}
+    registry = {t.name: t for t in TopicRegistry.from_config(config.kafka)}
+    assert set(topics) == set(registry) and all(name.startswith("prod-srlm.") for name in topics)
+    for name, spec in topics.items():
+        want = registry[name]
+        assert (spec["partitions"], spec["replicas"]) == (want.partitions, want.replication_factor), name
+        assert spec["config"] == want.configs(), name
+    assert topics["prod-srlm.prompts"]["partitions"] == 8 and topics["prod-srlm.runs"]["partitions"] == 1
+    assert topics["prod-srlm.models"]["config"]["cleanup.policy"] == "compact"
+    assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in find(objs, "KafkaTopic")} == {"prod"}
     assert not find(rendered["default"], "KafkaTopic")
 
 
 def test_keda_scales_sampler_and_judge_on_lag(rendered):
     objs = rendered["strimzi"]
-    for name, topic in (("sampler", "srlm.prompts"), ("judge", "srlm.candidates")):
+    registry = TopicRegistry.from_config(srlm_config(objs).kafka)
+    for name, topic in (("sampler", registry.prompts.name), ("judge", registry.candidates.name)):
         assert "replicas" not in one(objs, "Deployment", f"t-srlm-{name}")["spec"]  # KEDA owns it
         scaled = one(objs, "ScaledObject", f"t-srlm-{name}")
         assert scaled["spec"]["scaleTargetRef"]["name"] == f"t-srlm-{name}"
         assert scaled["spec"]["maxReplicaCount"] == 8
         (trigger,) = scaled["spec"]["triggers"]
         assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] == topic
+        assert trigger["metadata"]["consumerGroup"] == f"prod-srlm-{name}"  # the stage worker's group
         assert trigger["authenticationRef"] == {"name": "srlm-kafka-keda"}
     assert not find(rendered["default"], "ScaledObject")
 

@@ -244,8 +244,9 @@ def test_actions_outside_the_role_are_denied(kube_config):
         lambda: apps.delete_namespaced_deployment("t-srlm-sampler", NAMESPACE),
         lambda: apps.list_namespaced_deployment(NAMESPACE),
         lambda: batch.list_namespaced_job(NAMESPACE),
-        lambda: batch.create_namespaced_job("default", {"apiVersion": "batch/v1", "kind": "Job",
-                                                        "metadata": {"name": "x"}, "spec": {}}),
+        lambda: batch.create_namespaced_job("default", {  # Jobs, but in another namespace
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}, "spec": {"template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "x", "image": "x"}]}}}}),
     ]
     for i, action in enumerate(denied):
         with pytest.raises(ApiException) as err:

@@ -13,7 +13,7 @@ from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.dpo import train_dpo
 from tests.trainer.rows import PAIRS
 
-VERSION = "dpo-resumed"
+VERSION = "trainer-dpo-resumed"
 CONFIG = DPOConfig(max_steps=3, batch_size=2, per_device_batch_size=2, max_length=256, save_steps=1)
 
 

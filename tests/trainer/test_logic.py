@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import get_scheduler
 from srlm.config import ConfigError, DPOConfig, SFTConfig, parse_config
 from srlm.trainer.data import TrainingDataError, dpo_examples, sft_examples
 from srlm.trainer.job import WorkDirMismatch, bind_work_dir, last_checkpoint
-from srlm.trainer.schedule import gradient_accumulation_steps, lr_schedule
+from srlm.trainer.schedule import gradient_accumulation_steps, lr_scheduler_args
 
 USER = {"role": "user", "content": "What is 2+2?"}
 ANSWER = {"role": "assistant", "content": "4."}
@@ -76,7 +77,7 @@ def _lrs(cfg, steps: int) -> list[float]:
     """The learning rate of each optimizer step, as the Trainer builds the scheduler."""
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=cfg.learning_rate)
-    sched_args = lr_schedule(cfg)
+    sched_args = lr_scheduler_args(cfg)
     sched = get_scheduler(sched_args["lr_scheduler_type"], opt, num_warmup_steps=0, num_training_steps=steps,
                           scheduler_specific_kwargs=sched_args["lr_scheduler_kwargs"])
     out = []
@@ -95,7 +96,7 @@ def test_sft_lr_decays_by_cosine_from_the_papers_start_to_its_final_value():
     assert lrs[50] == pytest.approx((5.5e-6 + 1.1e-6) / 2)  # cosine: the midpoint at half-way
     assert lrs[25] == pytest.approx(1.1e-6 + 4.4e-6 * (1 + math.cos(math.pi / 4)) / 2)
     assert lrs[100] == pytest.approx(1.1e-6)
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 def test_dpo_lr_decays_linearly_to_its_final_value():

@@ -58,10 +58,10 @@ def test_sft_trains_and_publishes_m1_with_its_data(m0, tmp_path):
     store, base = m0
     progress = Progress()
     cfg = tiny(SFTConfig, per_device_batch_size=1)  # batch 2 = 2 accumulated micro-batches
-    manifest = train_sft(store, base.version_id, "sft-m1", SFT_ROWS, cfg, run_id="t-sft", work_dir=tmp_path / "w",
-                         seed=7, progress_cb=progress)
+    manifest = train_sft(store, base.version_id, "trainer-sft-m1", SFT_ROWS, cfg, run_id="t-sft",
+                         work_dir=tmp_path / "w", seed=7, progress_cb=progress)
 
-    assert (manifest.version_id, manifest.parent_id, manifest.kind, manifest.iteration) == ("sft-m1", "m0", "sft", 1)
+    assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "sft", 1)
     assert manifest.training_data_sha256 == store.dataset_sha256(manifest.training_data)
     assert store.get_dataset(manifest.training_data) == SFT_ROWS
     steps = progress.steps()
@@ -71,14 +71,14 @@ def test_sft_trains_and_publishes_m1_with_its_data(m0, tmp_path):
     assert 1.1e-6 < steps[1]["learning_rate"] < 5.5e-6
     for key in ("loss", "train_runtime", "train_tokens_per_second", "mean_token_accuracy"):
         assert manifest.metrics[key] > 0, key
-    assert manifest.metrics["global_step"] == 2
-    assert weights_changed(store, "m0", "sft-m1")
-    store.verify("sft-m1")
+    assert [manifest.metrics[k] for k in ("global_step", "examples", "examples_dropped")] == [2, 4, 0]
+    assert weights_changed(store, "m0", "trainer-sft-m1")
+    store.verify("trainer-sft-m1")
     assert not (tmp_path / "w").exists()  # checkpoints are removed once published
 
     # A replayed command finds the version and returns it without training.
     replay = Progress()
-    assert train_sft(store, "m0", "sft-m1", SFT_ROWS, cfg, run_id="t-sft", work_dir=tmp_path / "w", seed=7,
+    assert train_sft(store, "m0", "trainer-sft-m1", SFT_ROWS, cfg, run_id="t-sft", work_dir=tmp_path / "w", seed=7,
                      progress_cb=replay) == manifest
     assert replay.calls == []
 
@@ -89,7 +89,8 @@ def test_sft_loss_is_on_the_answer_tokens_only(m0, tmp_path):
     trainer = build_sft_trainer(store.path(base.version_id), examples, tiny(SFTConfig), output_dir=tmp_path, seed=0)
     tok = trainer.processing_class
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
-    for row, ids, labels, mask in zip(examples, batch["input_ids"], batch["labels"], batch["attention_mask"]):
+    for row, ids, labels, mask in zip(examples, batch["input_ids"], batch["labels"], batch["attention_mask"],
+                                      strict=True):
         ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
         prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
         n = len(tok(prompt, add_special_tokens=False)["input_ids"])
@@ -102,7 +103,7 @@ def test_sft_loss_is_on_the_answer_tokens_only(m0, tmp_path):
 def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
     store, base = m0
     progress = Progress()
-    manifest = train_dpo(store, base.version_id, "dpo-m2", PAIRS, tiny(DPOConfig), run_id="t-dpo", iteration=2,
+    manifest = train_dpo(store, base.version_id, "trainer-dpo-m2", PAIRS, tiny(DPOConfig), run_id="t-dpo", iteration=2,
                          work_dir=tmp_path / "w", seed=11, progress_cb=progress)
 
     assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "dpo", 2)
@@ -117,7 +118,7 @@ def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
     for key in (*REWARD_METRICS, "loss", "train_runtime", "train_tokens_per_second"):
         assert key in manifest.metrics, key
     assert manifest.metrics["rewards/margins"] == pytest.approx(sum(s["rewards/margins"] for s in steps) / 2)
-    assert weights_changed(store, "m0", "dpo-m2")
+    assert weights_changed(store, "m0", "trainer-dpo-m2")
 
 
 @pytest.mark.parametrize("variant", ["ipo", "sigmoid+nll", "lora"])
@@ -128,7 +129,7 @@ def test_dpo_variants_run_and_publish_a_full_model(m0, tmp_path, variant):
     else:
         cfg = tiny(DPOConfig, max_steps=1, loss_type=variant)
     progress = Progress()
-    version = f"dpo-{variant.replace('+', '-')}"
+    version = f"trainer-dpo-{variant.replace('+', '-')}"
     manifest = train_dpo(store, base.version_id, version, PAIRS, cfg, run_id="t-variants", iteration=2,
                          work_dir=tmp_path / "w", seed=5, progress_cb=progress)
     (step,) = progress.steps()

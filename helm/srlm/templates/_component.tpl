@@ -2,7 +2,8 @@
 A long-running srlm service: its Deployment, Service and PodDisruptionBudget.
 Arguments (dict): root (the chart's context), name (promptgen | sampler | judge | trainer |
 controller), values (its values section), inference (true: serves a model version, mounts
-the model store read-only), serviceAccount, automountToken.
+the model store read-only), input (the topic a scaled consumer reads), serviceAccount,
+automountToken.
 */}}
 {{- define "srlm.component" -}}
 {{- $fullName := include "srlm.componentName" . -}}
@@ -113,8 +114,9 @@ spec:
     - type: kafka
       metadata:
         bootstrapServers: {{ join "," .root.Values.kafka.bootstrapServers | quote }}
-        consumerGroup: {{ .values.autoscaling.consumerGroup | quote }}
-        topic: {{ .values.autoscaling.topic | quote }}
+        # srlm's stage workers: group "<prefix>-<service>" on "<prefix>.<input>".
+        consumerGroup: {{ printf "%s-%s" .root.Values.kafka.topics.prefix .name | quote }}
+        topic: {{ printf "%s.%s" .root.Values.kafka.topics.prefix .input | quote }}
         lagThreshold: {{ .values.autoscaling.lagThreshold | quote }}
       {{- with .values.autoscaling.authenticationRef }}
       authenticationRef:
@@ -126,6 +128,6 @@ spec:
 {{/* An inference or training service: runs under the workload ServiceAccount, no API token. */}}
 {{- define "srlm.workload" -}}
 {{- include "srlm.component" (dict "root" .root "name" .name "values" (get .root.Values .name)
-      "inference" .inference "serviceAccount" (include "srlm.workloadServiceAccount" .root)
+      "inference" .inference "input" .input "serviceAccount" (include "srlm.workloadServiceAccount" .root)
       "automountToken" false) -}}
 {{- end -}}

@@ -12,6 +12,7 @@ brings the same broker back on the same ports with the same data.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import ctypes
 import hashlib
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -160,6 +162,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_setup():
+    """PR_SET_PDEATHSIG fires when the *thread* that started the child exits, so it is only
+    safe from the main thread; a broker (re)started from another thread relies on atexit."""
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+
+
 class LocalKafkaBroker:
     """One Kafka process (broker + controller) on 127.0.0.1 with data under ``data_dir``."""
 
@@ -234,12 +242,14 @@ class LocalKafkaBroker:
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen([java, "-XX:+UseG1GC", *opts, KAFKA_MAIN, str(props)],
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=_child_setup())
+        atexit.register(self.stop)
         self._wait_ready()
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (a controlled shutdown that flushes the logs), then SIGKILL after ``timeout_s``."""
+        atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return

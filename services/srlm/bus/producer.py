@@ -42,6 +42,7 @@ class RecordProducer:
             acks="all",
             enable_idempotence=True,  # explicit: a conflicting setting raises instead of silently disabling it
             linger_ms=cfg.linger_ms,
+            batch_size=cfg.batch_bytes,
             max_request_size=cfg.max_record_bytes + RECORD_OVERHEAD_BYTES,
         )
         if transactional_id:
@@ -56,12 +57,12 @@ class RecordProducer:
     def transactional(self) -> bool:
         return self.transactional_id is not None
 
-    def check(self, topic: str | Topic, msg: Message) -> Topic:
+    def check(self, topic: str | Topic, msg: Message, size: int | None = None) -> Topic:
         """The topic ``msg`` may be sent to; raises TypeError / RecordTooLargeError / KeyError if not."""
         spec = topic if isinstance(topic, Topic) else self.topics.by_name(topic)
         if not isinstance(msg, spec.message):
             raise TypeError(f"{spec.name} carries {spec.schema}, got {type(msg).DESCRIPTOR.full_name}")
-        size = msg.ByteSize()
+        size = msg.ByteSize() if size is None else size
         if size > self.cfg.max_record_bytes:
             raise RecordTooLargeError(f"{spec.schema} of {size} bytes for {spec.name} is more than "
                                       f"kafka.max_record_bytes={self.cfg.max_record_bytes}")
@@ -70,8 +71,8 @@ class RecordProducer:
     def send(self, topic: str | Topic, msg: Message, key: str | bytes | None = None,
              headers: Mapping[str, str] | None = None) -> FutureRecordMetadata:
         """Queue ``msg`` for ``topic``. ``key`` defaults to the record's id (``meta.id``)."""
-        spec = self.check(topic, msg)
         value = msg.SerializeToString()
+        spec = self.check(topic, msg, len(value))
         if key is None:
             key = record_id(msg) or None
         key_bytes = key.encode() if isinstance(key, str) else key
@@ -105,7 +106,15 @@ class RecordProducer:
         if offsets:
             self._producer.send_offsets_to_transaction(offsets, group_metadata)
         self._producer.commit_transaction()
-        self._pending = []
+        pending, self._pending = self._pending, []
+        # kafka-python 3.0.12 can report a commit as done after the coordinator aborted the
+        # transaction (its timeout passed during a broker outage): the records' own futures
+        # carry the failure. The caller must treat the batch as not written.
+        failed = [(name, f.exception) for name, f in pending if not f.is_done or f.failed()]
+        if failed:
+            name, err = failed[0]
+            raise ProduceError(f"transaction committed without {len(failed)} of its {len(pending)} records "
+                               f"(first: {name}: {err!r})")
 
     def abort_transaction(self) -> None:
         self._pending = []

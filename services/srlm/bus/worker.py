@@ -192,19 +192,20 @@ class Worker:
 
     def _attempts(self, call: Handler, raw, record: Record) -> list[Output]:
         """``call(record)`` up to ``max_attempts`` times with exponential backoff, then a dead letter."""
-        for attempt in range(1, self.cfg.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._checked(record, call(record))
             except RejectRecord as err:
                 return [self._dead_letter(raw, "rejected", str(err), attempt)]
             except Exception as err:
-                if attempt == self.cfg.max_attempts:
+                if attempt >= self.cfg.max_attempts:
                     log.error("record %s/%d/%d failed %d times: %r", raw.topic, raw.partition, raw.offset,
                               attempt, err)
                     return [self._dead_letter(raw, "handler", f"{type(err).__name__}: {err}", attempt)]
                 self.stats.retries += 1
                 time.sleep(self.cfg.retry_backoff_s * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
 
     def _checked(self, record: Record, outputs: Iterable[Output]) -> list[Output]:
         """Validate a handler's outputs (a wrong type is the handler's failure, not the bus's)

@@ -121,6 +121,9 @@ def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: i
     containers = pod["spec"]["containers"]
     if len(containers) != 1:
         raise KubeError(f"the DPO Job template must have one container, it has {len(containers)}")
+    for container in containers:  # YAML reads `nvidia.com/gpu: 1` as a number; the API wants a quantity
+        for part in (container.get("resources") or {}).values():
+            part.update({key: str(value) for key, value in part.items()})
     containers[0]["args"] = list(containers[0].get("args") or []) + [
         "--run-id", run_id, "--iteration", str(iteration),
         "--base-version", base_version, "--out-version", out_version,
@@ -230,11 +233,9 @@ def _namespace(cfg: KubernetesConfig) -> str:
 class KubeOrchestrator:
     """DPO rounds as Jobs and promotions as rollouts, in one namespace."""
 
-    def __init__(self, api: k8s.ApiClient, namespace: str, cfg: KubernetesConfig,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, api: k8s.ApiClient, namespace: str, cfg: KubernetesConfig):
         self.namespace, self.cfg = namespace, cfg
         self._core, self._apps, self._batch = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.BatchV1Api(api)
-        self._sleep, self._clock = sleep, clock
 
     @classmethod
     def from_config(cls, cfg: KubernetesConfig) -> "KubeOrchestrator":
@@ -294,16 +295,16 @@ class KubeOrchestrator:
     def wait_job(self, name: str, timeout_s: float | None = None) -> None:
         """Return when the Job succeeded; raise JobFailed, or TimeoutError after ``timeout_s``
         (default ``kubernetes.job_timeout_s``)."""
-        deadline = self._clock() + (timeout_s if timeout_s is not None else self.cfg.job_timeout_s)
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.cfg.job_timeout_s)
         while True:
             state, message = job_state(self._job(name))
             if state == "succeeded":
                 return
             if state == "failed":
                 raise JobFailed(f"job {name} failed: {message}")
-            if self._clock() >= deadline:
+            if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {name} did not finish in time")
-            self._sleep(self.cfg.poll_interval_s)
+            time.sleep(self.cfg.poll_interval_s)
 
     def delete_job(self, name: str) -> None:
         """Delete a Job and its pods; a Job already gone is fine."""
@@ -352,7 +353,7 @@ class KubeOrchestrator:
                    _content_type=_STRATEGIC_MERGE)
 
     def _wait_rollouts(self, names: list[str], timeout_s: float) -> None:
-        deadline = self._clock() + timeout_s
+        deadline = time.monotonic() + timeout_s
         pending = list(names)
         while True:
             states = [rollout_state(self._deployment(name)) for name in pending]
@@ -362,10 +363,10 @@ class KubeOrchestrator:
             pending = [name for name, s in zip(pending, states) if not s.done]
             if not pending:
                 return
-            if self._clock() >= deadline:
+            if time.monotonic() >= deadline:
                 raise TimeoutError(f"rollout not complete after {timeout_s:g} s: "
                                    + "; ".join(s.message for s in states if not s.done))
-            self._sleep(self.cfg.poll_interval_s)
+            time.sleep(self.cfg.poll_interval_s)
 
     def _roll_back(self, names: list[str], previous: dict[str, str | None], timeout_s: float) -> bool:
         try:

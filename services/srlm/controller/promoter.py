@@ -23,8 +23,10 @@ INFERENCE_SERVICES = {
 
 class HotReloadPromoter:
     def __init__(self, config: SRLMConfig, timeout_s: float = 300.0) -> None:
-        host = config.services.host
-        self.addresses = {name: f"{host}:{getattr(config.services, name).grpc}" for name in INFERENCE_SERVICES}
+        self.addresses = {}
+        for name in INFERENCE_SERVICES:
+            ports = getattr(config.services, name)
+            self.addresses[name] = f"{ports.host or config.services.host}:{ports.grpc}"
         self.timeout_s = timeout_s
 
     def promote(self, version_id: str) -> float:

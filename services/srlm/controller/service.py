@@ -32,19 +32,51 @@ KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT,
 class Controller:
     """Owns the runs of this deployment; one loop advances them, gRPC threads read them."""
 
-    def __init__(self, config: SRLMConfig, promoter: Promoter | None = None, trainer_launcher=None) -> None:
+    def __init__(self, config: SRLMConfig, promoter: Promoter | None = None) -> None:
         self.config = config
         self.store = ModelStore(config.model_store.root)
         self.tracker = Tracker()
         self.publisher = make_publisher("controller", config)
+        trainer_launcher = None
+        if config.services.mode == "kubernetes":
+            promoter, trainer_launcher = self._kubernetes()
         self.promoter = promoter or HotReloadPromoter(config)
         self.driver = RunDriver(config, self.store, self.tracker, self.publisher, self.promoter,
                                 lambda: Judge(ModelHost("controller", config, self.store), config), trainer_launcher)
         self.follower = TopicFollower("controller", config, FOLLOWED, self.tracker.apply)
+        # Only the loop thread changes a run's state; readers get the snapshot it leaves.
         self.runs: dict[str, records_pb2.RunState] = {}
+        self._snapshots: dict[str, bytes] = {}
+        self._failures: dict[str, str] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="controller-loop", daemon=True)
+
+    def _kubernetes(self):
+        """Promotion rolls the inference Deployments out; each DPO round is a Job. Every
+        command still goes to srlm.commands: the trainer service takes SFT, and the Job reads
+        its own command (pair ids, run config) from there."""
+        from srlm.controller.kube import kube_promoter_and_launcher
+
+        def send(cmd: records_pb2.IterationCommand) -> None:
+            self.publisher.send("commands", cmd.meta.run_id, cmd)
+            self.publisher.flush()
+
+        def failed(cmd: records_pb2.IterationCommand, err: Exception) -> None:
+            self.fail(cmd.meta.run_id, f"training Job of iteration {cmd.meta.iteration} failed: {err}")
+
+        promoter, jobs = kube_promoter_and_launcher(self.config, fallback=lambda cmd: None, on_failure=failed)
+
+        def launch(cmd: records_pb2.IterationCommand) -> None:
+            send(cmd)
+            jobs(cmd)
+
+        return promoter, launch
+
+    def fail(self, run_id: str, error: str) -> None:
+        """Fail a run from another thread (a training Job's watcher); the loop applies it."""
+        with self._lock:
+            self._failures[run_id] = error
 
     def start(self) -> None:
         self.follower.start()
@@ -52,6 +84,7 @@ class Controller:
         with self._lock:
             for run_id, state in self.tracker.runs.items():
                 self.runs[run_id] = state
+                self._snapshots[run_id] = state.SerializeToString()
                 if state.stage not in TERMINAL:
                     log.info("resuming run %s at %s", run_id, records_pb2.Stage.Name(state.stage))
                     self.driver.resume(state)
@@ -63,14 +96,24 @@ class Controller:
         self.follower.stop()
         self.publisher.close()
 
+    def _snapshot(self, state: records_pb2.RunState) -> None:
+        with self._lock:
+            self._snapshots[state.run_id] = state.SerializeToString()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             progressed = False
             with self._lock:
                 active = [s for s in self.runs.values() if s.stage not in TERMINAL]
+                failures, self._failures = self._failures, {}
             for state in active:
+                if state.run_id in failures:
+                    state.error, state.stage = failures[state.run_id], records_pb2.STAGE_FAILED
+                    self.driver.save(state, f"failed: {state.error}")
                 while not self._stop.is_set() and self.driver.advance(state):
                     progressed = True
+                    self._snapshot(state)
+                self._snapshot(state)
             if not progressed:
                 self.tracker.wait(0.5)
 
@@ -86,15 +129,16 @@ class Controller:
         validate_id(run_id, "run id")
         with self._lock:
             if run_id in self.runs:
-                return self.runs[run_id]
+                return records_pb2.RunState.FromString(self._snapshots[run_id])
             state = self.driver.start(run_id, run_config)
             self.runs[run_id] = state
-        return state
+            self._snapshots[run_id] = state.SerializeToString()
+        return records_pb2.RunState.FromString(self._snapshots[run_id])
 
     def get_run(self, run_id: str) -> records_pb2.RunState | None:
         with self._lock:
-            state = self.runs.get(run_id)
-            return records_pb2.RunState().FromString(state.SerializeToString()) if state else None
+            data = self._snapshots.get(run_id)
+        return records_pb2.RunState.FromString(data) if data is not None else None
 
     def model_record(self, version_id: str) -> records_pb2.ModelVersion:
         m = self.store.get(version_id)
@@ -193,12 +237,7 @@ class ControllerServicer(services_pb2_grpc.ControllerServicer):
 
 def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | None = None,
           version_id: str | None = None, promoter: Promoter | None = None) -> ServiceHandle:
-    trainer_launcher = None
-    if config.services.mode == "kubernetes":
-        from srlm.controller.kube import kube_promoter_and_launcher
-
-        promoter, trainer_launcher = kube_promoter_and_launcher(config)
-    controller = Controller(config, promoter, trainer_launcher)
+    controller = Controller(config, promoter)
     handle = start_grpc_server("controller", config, [
         (services_pb2_grpc.add_ControllerServicer_to_server, ControllerServicer(controller), "srlm.v1.Controller")],
         grpc_port, metrics_port)

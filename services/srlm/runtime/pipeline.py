@@ -113,20 +113,24 @@ class StageWorker:
 
 
 class Publisher:
-    """A non-transactional producer for control records (the controller's state and events)."""
+    """A non-transactional producer for control records (the controller's state and events),
+    shared by threads: ``flush`` returns once everything sent before it is acknowledged."""
 
     def __init__(self, service: str, config: SRLMConfig) -> None:
         self.topics = TopicRegistry.from_config(config.kafka)
         self.service = service
         self._producer = RecordProducer(config.kafka, self.topics)
+        self._lock = threading.Lock()
 
     def send(self, what: str, key: str, msg: Message) -> None:
         topic = getattr(self.topics, what)
-        self._producer.send(topic, msg, key)
+        with self._lock:
+            self._producer.send(topic, msg, key)
         metrics.RECORDS_OUT.labels(self.service, topic.name).inc()
 
     def flush(self) -> None:
-        self._producer.flush()
+        with self._lock:
+            self._producer.flush()
 
     def close(self) -> None:
         self._producer.close()

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+import transformers
+import trl
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 
 from srlm.config import TrainingSection
 from srlm.models.store import Manifest, ModelStore
-from srlm.trainer.schedule import gradient_accumulation_steps, lr_schedule
+from srlm.trainer.schedule import gradient_accumulation_steps, lr_scheduler_args
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> 
         "per_device_train_batch_size": cfg.per_device_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps(cfg, int(os.environ.get("WORLD_SIZE", "1"))),
         "learning_rate": cfg.learning_rate,
-        **lr_schedule(cfg),
+        **lr_scheduler_args(cfg),
         "num_train_epochs": cfg.num_epochs,
         "max_steps": cfg.max_steps,
         "max_length": cfg.max_length,
@@ -192,7 +194,7 @@ def save_trained_model(trainer: Trainer, model_dir: Path, out_dir: Path) -> None
 
 
 def summarize(trainer: Trainer, train_metrics: dict[str, float], progress: ProgressCallback,
-              examples: int, summary_keys: Sequence[str]) -> dict[str, float]:
+              summary_keys: Sequence[str]) -> dict[str, float]:
     """The manifest's metrics: final loss, speed, and ``summary_keys`` over the last logged steps."""
     state = trainer.state
     steps = [h for h in state.log_history if "loss" in h]  # includes steps before a resume
@@ -207,7 +209,6 @@ def summarize(trainer: Trainer, train_metrics: dict[str, float], progress: Progr
         "global_step": float(state.global_step),
         "resumed_from_step": float(progress.start_step),
         "epoch": float(state.epoch or 0.0),
-        "examples": float(examples),
     }
     for key in summary_keys:
         values = [float(h[key]) for h in last if key in h]
@@ -244,11 +245,13 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
 
     progress = ProgressCallback(progress_cb)
     trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress])
+    dropped = len(examples) - len(trainer.train_dataset)
+    if dropped:  # TRL drops examples left with nothing to learn from after truncation to max_length
+        log.warning("%d of %d examples have no answer tokens within max_length %d and are not trained on",
+                    dropped, len(examples), cfg.max_length)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics = summarize(trainer, result.metrics, progress, len(examples), summary_keys)
-
-    import transformers
-    import trl
+    metrics = summarize(trainer, result.metrics, progress, summary_keys)
+    metrics.update(examples=float(len(examples)), examples_dropped=float(dropped))
 
     extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
              "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}}

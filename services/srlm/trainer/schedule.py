@@ -13,7 +13,7 @@ from typing import Any
 from srlm.config import TrainingSection
 
 
-def lr_schedule(cfg: TrainingSection) -> dict[str, Any]:
+def lr_scheduler_args(cfg: TrainingSection) -> dict[str, Any]:
     """TrainingArguments keywords that decay ``learning_rate`` to ``final_learning_rate``."""
     if cfg.lr_schedule == "cosine":
         return {"lr_scheduler_type": "cosine_with_min_lr",

@@ -7,7 +7,7 @@ Prompt generation, candidate sampling and judging all go through ``GenerationEng
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,16 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut ``text`` before the earliest stop string (which is dropped, as vLLM does)."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def distinct_samples(params: SamplingParams) -> int:
+    """Samples worth generating: greedy decoding gives the same text n times, so once."""
+    return 1 if params.temperature == 0 else params.n
+
+
+def fill_samples(completions: list[Completion], n: int) -> list[Completion]:
+    """``n`` completions from the ``distinct_samples`` generated (copies of a greedy one)."""
+    return completions if len(completions) == n else [replace(completions[0]) for _ in range(n)]
 
 
 def token_budget(prompt_tokens: int, max_tokens: int, max_model_len: int) -> int:

@@ -19,6 +19,8 @@ from srlm.models.engines.base import (
     GenerationEngine,
     GenerationResult,
     SamplingParams,
+    distinct_samples,
+    fill_samples,
     token_budget,
     truncate_at_stop,
     validate_conversations,
@@ -87,15 +89,16 @@ class TransformersEngine(GenerationEngine):
                 torch.manual_seed(params.seed)
             # Rows are (prompt index, sample index); similar lengths together waste less padding.
             order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-            rows = [(i, k) for i in order for k in range(params.n)]
-            out: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
+            samples = distinct_samples(params)
+            rows = [(i, k) for i in order for k in range(samples)]
+            out: list[list[Completion]] = [[None] * samples for _ in prompt_ids]  # type: ignore[list-item]
             for start in range(0, len(rows), self.cfg.max_batch_size):
                 chunk = rows[start:start + self.cfg.max_batch_size]
                 completions = self._generate_rows([prompt_ids[i] for i, _ in chunk],
                                                   [budgets[i] for i, _ in chunk], params)
                 for (i, k), completion in zip(chunk, completions):
                     out[i][k] = completion
-        return [GenerationResult(prompt_tokens=len(ids), completions=comps)  # type: ignore[arg-type]
+        return [GenerationResult(prompt_tokens=len(ids), completions=fill_samples(comps, params.n))
                 for ids, comps in zip(prompt_ids, out)]
 
     def _generate_rows(self, inputs: list[list[int]], budgets: list[int],

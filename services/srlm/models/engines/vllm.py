@@ -22,6 +22,8 @@ from srlm.models.engines.base import (
     GenerationEngine,
     GenerationResult,
     SamplingParams,
+    distinct_samples,
+    fill_samples,
     token_budget,
     validate_conversations,
 )
@@ -99,7 +101,7 @@ class VLLMEngine(GenerationEngine):
             ]
             sampling = [
                 VLLMSamplingParams(
-                    n=params.n, temperature=params.temperature, top_p=params.top_p,
+                    n=distinct_samples(params), temperature=params.temperature, top_p=params.top_p,
                     max_tokens=token_budget(len(ids), params.max_tokens, self.cfg.max_model_len),
                     stop=list(params.stop) or None,
                     seed=None if self.on_cpu else params.seed,
@@ -115,5 +117,6 @@ class VLLMEngine(GenerationEngine):
                 if c.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
                 completions.append(Completion(text=c.text, num_tokens=len(c.token_ids), finish_reason=c.finish_reason))
-            results.append(GenerationResult(prompt_tokens=len(out.prompt_token_ids), completions=completions))
+            results.append(GenerationResult(prompt_tokens=len(out.prompt_token_ids),
+                                            completions=fill_samples(completions, params.n)))
         return results

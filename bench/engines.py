@@ -1,0 +1,152 @@
+"""Generation engines head to head on the real SmolLM2-135M M0.
+
+    python bench/engines.py                      # 32 prompts x n=4, T=0.7, top_p=0.9, 128 max tokens
+    python bench/engines.py --engines transformers --prompts 8
+
+Each engine runs in a child process of its own (so their memory peaks are separate and
+vLLM's spawn is clean); the parent samples the RSS of the child's whole process tree
+(vLLM's engine core and worker included) every 0.1 s. Reported per engine: start time
+(imports + load), output tokens, generation time, output tok/s, peak RSS. The last rows
+compare vLLM against the transformers engine measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TOPICS = [
+    "the water cycle", "black holes", "the French Revolution", "photosynthesis", "compound interest",
+    "the immune system", "volcanoes", "machine learning", "the Roman Empire", "climate change",
+    "plate tectonics", "the printing press", "vaccines", "the stock market", "honey bees",
+    "quantum computing", "the Silk Road", "electric cars", "coral reefs", "the Renaissance",
+    "sleep", "the internet", "jazz", "the Moon landing", "recycling", "earthquakes", "chess",
+    "DNA", "the Great Wall of China", "solar power", "octopuses", "the Olympic Games",
+]
+STYLES = ["Explain {} to a ten-year-old.", "Write a short paragraph about {}.",
+          "Give three surprising facts about {}.", "What are the pros and cons of {}?"]
+
+
+def conversations(count: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": STYLES[i % len(STYLES)].format(TOPICS[i % len(TOPICS)])}]
+            for i in range(count)]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Child: start one engine, generate once, print one JSON line."""
+    t0 = time.perf_counter()
+    from srlm.config import EngineConfig
+    from srlm.models.engines import SamplingParams, create_engine
+
+    engine = create_engine(EngineConfig(kind=args.worker, dtype=args.dtype, max_batch_size=args.batch_size,
+                                        cpu_kv_cache_gib=args.kv_cache_gib))
+    engine.load(Path(args.model_dir), "m0")
+    start_s = time.perf_counter() - t0
+    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+    t1 = time.perf_counter()
+    results = engine.generate(conversations(args.prompts), params)
+    gen_s = time.perf_counter() - t1
+    tokens = sum(c.num_tokens for r in results for c in r.completions)
+    samples = sum(len(r.completions) for r in results)
+    engine.close()
+    print("RESULT " + json.dumps({"engine": args.worker, "start_s": start_s, "gen_s": gen_s,
+                                  "output_tokens": tokens, "samples": samples}), flush=True)
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir)] + [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("prompts", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]
+    log = open(Path(args.log_dir) / f"{kind}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    log.close()
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{kind} engine failed (exit {proc.returncode}); see {log.name}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["peak_rss_gib"] = peak / 2**30
+    result["tok_s"] = result["output_tokens"] / result["gen_s"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="transformers,vllm")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch-size", type=int, default=16, help="transformers engine max_batch_size")
+    parser.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache")
+    parser.add_argument("--store", help="model store holding M0 (default: a temporary one)")
+    parser.add_argument("--log-dir", default=tempfile.gettempdir())
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from srlm.models.importer import import_base_model
+    from srlm.models.store import ModelStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(args.store or tmp)
+        import_base_model(store, version_id="m0")
+        model_dir = store.path("m0")
+        results = [run_engine(kind, model_dir, args) for kind in args.engines.split(",")]
+
+    print(f"\n{args.prompts} prompts x n={args.n}, T={args.temperature}, top_p={args.top_p}, "
+          f"max_tokens={args.max_tokens}, {args.dtype}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}\n")
+    print(f"{'engine':<14}{'start s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{'peak RSS GiB':>14}")
+    for r in results:
+        print(f"{r['engine']:<14}{r['start_s']:>9.1f}{r['gen_s']:>9.1f}{r['output_tokens']:>9}"
+              f"{r['tok_s']:>9.1f}{r['peak_rss_gib']:>14.2f}")
+    by_name = {r["engine"]: r for r in results}
+    if {"transformers", "vllm"} <= by_name.keys():
+        hf, vl = by_name["transformers"], by_name["vllm"]
+        print(f"\nvllm / transformers: output tok/s x{vl['tok_s'] / hf['tok_s']:.2f}, "
+              f"start time x{vl['start_s'] / hf['start_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

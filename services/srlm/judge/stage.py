@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from srlm.config import SRLMConfig
@@ -29,6 +30,36 @@ class Judge:
         self.config = config
         self.template = read_judge_template(config.judge.template_file)
         self.stats = JudgeStats()
+        self.forced = 0  # verdicts taken from the constrained next token
+
+    def _force_verdicts(self, conversations, outputs: list[list[str]], params: SamplingParams
+                        ) -> tuple[list[list[str]], set[tuple[int, int]]]:
+        """Give every judgment without a verdict one: append "Score:" and let the model's own
+        next-token distribution over 0..max_score choose (sampled, seeded by the call's seed)."""
+        todo = [(i, k) for i, texts in enumerate(outputs) for k, text in enumerate(texts)
+                if not parse_judgment(text, self.config.judge.max_score).parsed]
+        if not todo:
+            return outputs, set()
+        convs = [conversations[i] for i, _ in todo]
+        texts = [outputs[i][k].rstrip() + "\nScore:" for i, k in todo]
+        try:  # tokenizers with single-token " 3" (Llama 3) ...
+            points = tuple(f" {p}" for p in range(self.config.judge.max_score + 1))
+            prefixes = texts
+            probs = self.host.choice_probabilities(convs, prefixes, points)
+        except ValueError:  # ... or a space token, then the digit (SmolLM2, Llama 2)
+            points = tuple(str(p) for p in range(self.config.judge.max_score + 1))
+            prefixes = [t + " " for t in texts]
+            probs = self.host.choice_probabilities(convs, prefixes, points)
+        rng = random.Random(params.seed)
+        out = [list(texts) for texts in outputs]
+        for (i, k), prefix, p in zip(todo, prefixes, probs):
+            if params.temperature > 0:
+                weights = [q ** (1.0 / params.temperature) for q in p]
+                choice = rng.choices(points, weights=weights)[0]
+            else:
+                choice = points[max(range(len(p)), key=p.__getitem__)]
+            out[i][k] = prefix + choice
+        return out, set(todo)
 
     def params(self, judging: records_pb2.SamplingParams | None, seed: int) -> SamplingParams:
         d = self.config.judge
@@ -46,20 +77,26 @@ class Judge:
         """k judgments of each response; the score is read from the judge's output only."""
         conversations = [build_judge_messages(prompt, r, self.template) for r in responses]
         version, results = self.host.generate(conversations, params, version_id=version_id)
+        outputs = [[c.text for c in r.completions] for r in results]
+        forced: set[tuple[int, int]] = set()
+        if self.config.judge.forced_verdict:
+            outputs, forced = self._force_verdicts(conversations, outputs, params)
         batch = JudgeStats()
         judged = []
-        for result in results:
+        for i, texts in enumerate(outputs):
             jc = records_pb2.JudgedCandidate()
             scores = []
-            for completion in result.completions:
-                j = parse_judgment(completion.text, self.config.judge.max_score)
-                batch.add(j)
+            for k, text in enumerate(texts):
+                j = parse_judgment(text, self.config.judge.max_score)
+                if (i, k) not in forced:
+                    batch.add(j)  # the parse rate is the free text's
                 scores.append(j.score)
-                jc.samples.add(output=completion.text, parsed=j.parsed, score=j.score or 0.0)
+                jc.samples.add(output=text, parsed=j.parsed, score=j.score or 0.0, forced=(i, k) in forced)
             mean, jc.num_parsed = aggregate(scores)
             jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
             judged.append(jc)
         self.stats.merge(batch)
+        self.forced += len(forced)
         metrics.JUDGMENTS.labels("true").inc(batch.parsed)
         metrics.JUDGMENTS.labels("false").inc(batch.unparsed)
         metrics.JUDGE_PARSE_RATE.set(batch.parse_rate)

@@ -129,9 +129,9 @@ def _converted_smollm2(gguf: Path, cache_dir: Path) -> tuple[Path, Manifest]:
 
 
 def import_base_model(store: ModelStore, source: str = SMOLLM2_WHEEL, version_id: str = "m0",
-                      gguf_file: str | None = None, *, cache_dir: Path | None = None,
+                      gguf_file: str | None = None, *, run_id: str | None = None, cache_dir: Path | None = None,
                       use_cache: bool = True) -> Manifest:
-    """Publish the base model as ``version_id`` (kind "base", iteration 0); idempotent.
+    """Publish the base model as ``version_id`` (kind "base", iteration 0, of ``run_id``); idempotent.
 
     ``cache_dir`` defaults to ``$SRLM_CACHE/models``; it is used for the GGUF wheel only.
     """
@@ -150,7 +150,7 @@ def import_base_model(store: ModelStore, source: str = SMOLLM2_WHEEL, version_id
             gguf = smollm2_gguf(gguf_file)
             extra = save_base_model(gguf.parent, staged, gguf.name)
             extra.update(source=SMOLLM2_WHEEL, gguf_sha256=sha256_file(gguf))
-        manifest = store.publish(staged, version_id=version_id, parent_id=None, run_id=None, iteration=0,
+        manifest = store.publish(staged, version_id=version_id, parent_id=None, run_id=run_id, iteration=0,
                                  kind="base", extra=extra)
     if expected_files is not None and manifest.files != expected_files:
         store.delete(version_id)

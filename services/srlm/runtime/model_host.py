@@ -75,6 +75,13 @@ class ModelHost:
             metrics.TOKENS_PER_SECOND.labels(self.service).set(tokens / elapsed)
         return served, results
 
+    def choice_probabilities(self, conversations: list[Conversation], prefixes: list[str],
+                             choices: tuple[str, ...]) -> list[list[float]]:
+        with self._lock:
+            if self.version_id is None:
+                raise RuntimeError(f"{self.service}: no model version loaded")
+            return self._get_engine().choice_probabilities(conversations, prefixes, choices)
+
     def close(self) -> None:
         with self._lock:
             if self._engine is not None:

@@ -53,7 +53,6 @@ class TrainerBuilder(Protocol):
 def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> dict[str, Any]:
     """Keywords common to TRL's SFTConfig and DPOConfig, from the srlm config section."""
     cuda = torch.cuda.is_available()
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     return {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": cfg.per_device_batch_size,
@@ -70,7 +69,7 @@ def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> 
         "seed": seed,
         "data_seed": seed,
         "use_cpu": not cuda,  # TRL defaults to bf16, which fails on CPU unless use_cpu is set
-        "bf16": bf16,
+        "bf16": cfg.precision == "bf16",
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "include_num_input_tokens_seen": "non_padding",
         "report_to": [],

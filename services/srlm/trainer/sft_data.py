@@ -7,10 +7,11 @@ import logging
 
 from srlm.config import SRLMConfig
 from srlm.models.engines import SamplingParams
-from srlm.recipe.judge import read_judge_template
+from srlm.judge.stage import Judge
 from srlm.recipe.seed import EFTCandidate, EFTReport, SFTExample, add_model_answers, eft_examples, load_seed_data
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.records import seed_for
+from srlm.v1 import records_pb2
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +32,17 @@ def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate
     if needs_model_answers:
         candidates = [c for c in add_model_answers(candidates, _model_answers(host, candidates, config, seed))
                       if len(c.answers) >= 2]
-    template = read_judge_template(config.judge.template_file)
-    j = config.judge
-    params = SamplingParams(n=cfg.eft_judge_attempts, temperature=j.temperature, top_p=j.top_p,
-                            max_tokens=j.max_tokens, seed=seed_for("eft-judge", seed))
-    conversations = [conv for c in candidates for conv in c.judge_requests(template)]
-    _, results = host.generate(conversations, params)
-    # outputs[c][a][attempt]
-    outputs, i = [], 0
+    judge = Judge(host, config)
+    j, template = config.judge, judge.template
+    outputs = []  # outputs[candidate][answer][attempt]
     for c in candidates:
-        outputs.append([[comp.text for comp in results[i + a].completions] for a in range(len(c.answers))])
-        i += len(c.answers)
+        params = judge.params(records_pb2.SamplingParams(n=cfg.eft_judge_attempts), seed_for("eft-judge", seed, c.prompt_id))
+        _, judged = judge.score(c.prompt, [a.text for a in c.answers], params)
+        outputs.append([[s.output for s in jc.samples] for jc in judged])
     kept: list[SFTExample] = []
     total = EFTReport(candidates=len(candidates))
     remaining = list(range(len(candidates)))
+    report = EFTReport()
     for attempt in range(cfg.eft_judge_attempts):
         if not remaining:
             break
@@ -55,7 +53,8 @@ def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate
         kept += examples
         remaining = [k for k in remaining if candidates[k].prompt_id not in agreed]
         total.agree += report.agree
-    total.unparsed, total.disagree = len(remaining), 0
+    # what the last attempt could not keep
+    total.unparsed, total.disagree, total.too_few_answers = report.unparsed, report.disagree, report.too_few_answers
     kept = kept[: cfg.max_eft]
     total.examples = len(kept)
     log.info("EFT: %d of %d candidates agree with the ranking -> %d examples", total.agree, len(candidates), len(kept))

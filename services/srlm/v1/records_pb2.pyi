@@ -179,14 +179,16 @@ class CandidateSet(_message.Message):
     def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., prompt_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class JudgeSample(_message.Message):
-    __slots__ = ("output", "parsed", "score")
+    __slots__ = ("output", "parsed", "score", "forced")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PARSED_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
     output: str
     parsed: bool
     score: float
-    def __init__(self, output: _Optional[str] = ..., parsed: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
+    forced: bool
+    def __init__(self, output: _Optional[str] = ..., parsed: _Optional[bool] = ..., score: _Optional[float] = ..., forced: _Optional[bool] = ...) -> None: ...
 
 class JudgedCandidate(_message.Message):
     __slots__ = ("candidate_id", "samples", "mean_score", "num_parsed", "num_tokens")

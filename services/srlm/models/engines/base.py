@@ -106,10 +106,17 @@ class GenerationEngine(ABC):
         """One result per conversation, each with ``params.n`` completions (chat template applied)."""
 
     @abstractmethod
+    def choice_probabilities(self, conversations: list[Conversation], prefixes: list[str],
+                             choices: tuple[str, ...]) -> list[list[float]]:
+        """For each conversation whose assistant turn begins with ``prefixes[i]``: the model's
+        probability of each single-token continuation in ``choices``, renormalised over them
+        (a constrained next token, e.g. the digit of a judge's verdict)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Free the model; the engine may be loaded again afterwards."""
 
-    def __enter__(self) -> "GenerationEngine":
+    def __enter__(self) -> GenerationEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,7 +127,23 @@ class GenerationEngine(ABC):
             raise RuntimeError(f"{type(self).__name__}: no model loaded; call load() first")
 
 
-def create_engine(cfg: "EngineConfig") -> GenerationEngine:
+def assistant_prefix_text(tokenizer, conversation: Conversation, prefix: str) -> str:
+    """The chat-templated prompt with the assistant's turn already begun with ``prefix``."""
+    return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False) + prefix
+
+
+def single_token_ids(tokenizer, choices: tuple[str, ...]) -> list[int]:
+    """Token ids of ``choices``; each must be exactly one token."""
+    ids = []
+    for choice in choices:
+        toks = tokenizer.encode(choice, add_special_tokens=False)
+        if len(toks) != 1:
+            raise ValueError(f"choice {choice!r} is {len(toks)} tokens; choices must be single tokens")
+        ids.append(toks[0])
+    return ids
+
+
+def create_engine(cfg: EngineConfig) -> GenerationEngine:
     """The engine named by ``cfg.kind``; its heavy imports happen here, not at module import."""
     if cfg.kind == "transformers":
         from srlm.models.engines.hf import TransformersEngine

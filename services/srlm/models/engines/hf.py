@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 from srlm.models.engines.base import (
     Completion,
     Conversation,
+    assistant_prefix_text,
     GenerationEngine,
     GenerationResult,
     SamplingParams,
     distinct_samples,
     fill_samples,
+    single_token_ids,
     token_budget,
     truncate_at_stop,
     validate_conversations,
@@ -32,6 +34,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def load_model(model_dir: Path, dtype: str):
+    """``from_pretrained`` in ``dtype``, reading safetensors one tensor at a time.
+
+    transformers memory-maps the checkpoint and keeps every page it touched until the load
+    ends, so an fp32 checkpoint served in bf16 costs its full fp32 size on top (135M model:
+    peak +0.8 GiB RSS). Reading each tensor with pread and casting it at once costs +0.3 GiB.
+    """
+    import torch
+    import transformers
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+    config = AutoConfig.from_pretrained(model_dir)
+    state = {}
+    for file in files:
+        with safe_open(file, framework="pt", device="cpu", backend="pread") as fh:
+            for key in fh.keys():
+                tensor = fh.get_tensor(key)
+                state[key] = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
+    model_class = getattr(transformers, config.architectures[0])
+    return model_class.from_pretrained(None, config=config, state_dict=state, dtype=torch_dtype)
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -41,36 +70,50 @@ def _resolve_device(device: str) -> str:
 
 
 class TransformersEngine(GenerationEngine):
-    def __init__(self, cfg: "EngineConfig"):
+    def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.device = _resolve_device(cfg.device)
         self.model = None
         self.tokenizer = None
+        self.model_dir: Path | None = None
         self.version_id: str | None = None
         self._lock = threading.Lock()  # one generate/load at a time (gRPC and Kafka threads share it)
 
     def load(self, model_dir: Path, version_id: str) -> None:
-        """Load the new version first, then swap: a failed load leaves the old one serving."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Free the current version, then load ``model_dir``: never two models in memory.
+
+        If the new version fails to load, the previous one is loaded again and the error raised.
+        """
+        with self._lock:
+            previous = (self.model_dir, self.version_id)
+            self._unload()
+            try:
+                self._load(Path(model_dir), version_id)
+            except Exception:
+                if previous[1] is not None:
+                    log.exception("loading %s failed; serving %s again", version_id, previous[1])
+                    self._load(*previous)
+                raise
+        log.info("transformers engine serving %s from %s on %s (%s)", version_id, model_dir, self.device,
+                 self.cfg.dtype)
+
+    def _load(self, model_dir: Path, version_id: str) -> None:
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, self.cfg.dtype))
-        model.to(self.device).eval()
-        with self._lock:
-            self.model, self.tokenizer, self.version_id = model, tokenizer, version_id
-        del model
+        model = load_model(model_dir, self.cfg.dtype).to(self.device).eval()
+        self.model, self.tokenizer, self.model_dir, self.version_id = model, tokenizer, model_dir, version_id
+
+    def _unload(self) -> None:
+        self.model = self.tokenizer = self.model_dir = self.version_id = None
         gc.collect()
-        log.info("transformers engine serving %s from %s on %s (%s)", version_id, model_dir, self.device,
-                 self.cfg.dtype)
 
     def close(self) -> None:
         with self._lock:
-            self.model = self.tokenizer = self.version_id = None
-        gc.collect()
+            self._unload()
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[GenerationResult]:
         import torch
@@ -100,6 +143,26 @@ class TransformersEngine(GenerationEngine):
                     out[i][k] = completion
         return [GenerationResult(prompt_tokens=len(ids), completions=fill_samples(comps, params.n))
                 for ids, comps in zip(prompt_ids, out)]
+
+    def choice_probabilities(self, conversations: list[Conversation], prefixes: list[str],
+                             choices: tuple[str, ...]) -> list[list[float]]:
+        import torch
+
+        validate_conversations(conversations)
+        with self._lock, torch.inference_mode():
+            self._require_loaded()
+            tok = self.tokenizer
+            choice_ids = single_token_ids(tok, choices)
+            texts = [assistant_prefix_text(tok, c, p) for c, p in zip(conversations, prefixes, strict=True)]
+            out: list[list[float]] = []
+            for start in range(0, len(texts), self.cfg.max_batch_size):
+                enc = tok([t for t in texts[start:start + self.cfg.max_batch_size]], add_special_tokens=False,
+                          return_tensors="pt", padding=True).to(self.device)
+                position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(**enc, position_ids=position_ids).logits[:, -1].float()
+                probs = torch.softmax(logits[:, choice_ids], dim=-1)
+                out += probs.tolist()
+            return out
 
     def _generate_rows(self, inputs: list[list[int]], budgets: list[int],
                        params: SamplingParams) -> list[Completion]:

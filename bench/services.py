@@ -2,11 +2,14 @@
 
     python bench/services.py [--prompts 16] [--n 4] [--max-tokens 64]
 
-1. Raw engine: the same prompts, one generate call per prompt (n samples each, seeded per
-   prompt, as the sampler does), output tokens/s.
-2. Sampler service: the prompts as records on srlm.prompts, a real sampler worker
-   (Kafka transactions, protobuf, metrics), time until every candidate set is on
-   srlm.candidates; output tokens/s. The ratio service/raw is the service's efficiency.
+Starts the local stack (broker + the five services as processes, as ``srlm up`` does), then:
+
+1. Sampler service: the prompts as records on srlm.prompts, the sampler process (Kafka
+   transactions, protobuf, metrics), time until every candidate set is on srlm.candidates;
+   output tokens/s.
+2. Raw engine, the baseline in the same run: the same prompts in this process, one generate
+   call per prompt (n samples, seeded per prompt, as the sampler does). The ratio
+   service/raw is the service's efficiency (the outputs are identical, so are the tokens).
 3. Promotion: LoadModel of a new version on promptgen, sampler and judge at once (hot
    reload), the time until all three serve it.
 """
@@ -18,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from srlm.bus import TopicRegistry, ensure_topics, read_to_end
-from srlm.bus.local_broker import LocalKafkaBroker
+from srlm.bus import TopicRegistry, read_to_end
 from srlm.bus.producer import RecordProducer
 from srlm.config import SRLMConfig
 from srlm.controller.promoter import HotReloadPromoter
+from srlm.local import LocalStack
 from srlm.models.importer import import_base_model
 from srlm.models.store import ModelStore
 from srlm.recipe.ids import prompt_id
@@ -47,65 +50,57 @@ def main() -> None:
     import_base_model(store, version_id="m0")
     import_base_model(store, version_id="m0b")  # a second version to promote to
 
-    with LocalKafkaBroker(work / "kafka") as broker:
-        config = SRLMConfig.model_validate({
-            "kafka": {"bootstrap_servers": [broker.bootstrap_servers]},
-            "model_store": {"root": str(store.root)},
-            "sampling": {"n": args.n, "max_tokens": args.max_tokens},
-        })
-        prompts = []
-        for i in range(args.prompts):
-            text = f"{PROMPTS[i % len(PROMPTS)]} (#{i})"
-            pid = prompt_id("bench", 1, text)
-            prompts.append(records_pb2.Prompt(meta=meta("bench", 1, "m0", pid), text=text))
+    config = SRLMConfig.model_validate({"model_store": {"root": str(store.root)}})
+    sampling = records_pb2.SamplingParams(n=args.n, temperature=0.7, top_p=0.9, max_tokens=args.max_tokens)
+    prompts = []
+    for i in range(args.prompts):
+        text = f"{PROMPTS[i % len(PROMPTS)]} (#{i})"
+        prompts.append(records_pb2.Prompt(meta=meta("bench", 1, "m0", prompt_id("bench", 1, text)), text=text,
+                                          sampling=sampling))
 
-        # 1. the raw engine, the same calls the sampler makes
-        host = ModelHost("bench", config, store)
-        host.load("m0")
-        host.generate([[{"role": "user", "content": "warm up"}]], candidate_params(prompts[0], config))
-        start = time.perf_counter()
-        raw_tokens = 0
-        for p in prompts:
-            _, [r] = host.generate([[{"role": "user", "content": p.text}]], candidate_params(p, config))
-            raw_tokens += sum(c.num_tokens for c in r.completions)
-        raw_s = time.perf_counter() - start
-        host.close()
+    with LocalStack(config, None, work / "local", free_ports=True) as stack:
+        kafka = config.kafka.model_copy(update={"bootstrap_servers": [stack.bootstrap_servers]})
+        topics = TopicRegistry.from_config(kafka)
+        producer = RecordProducer(kafka, topics)
 
-        # 2. the sampler service
-        from srlm.judge import service as judge_service
-        from srlm.promptgen import service as promptgen_service
-        from srlm.sampler import service as sampler_service
+        def candidate_sets(iteration: int, count: int) -> list[records_pb2.CandidateSet]:
+            while True:
+                out = {r.value.meta.id: r.value for r in read_to_end(kafka, topics.candidates)
+                       if r.value.meta.iteration == iteration}
+                if len(out) >= count:
+                    return list(out.values())
+                time.sleep(0.1)
 
-        sampler = sampler_service.start(config, grpc_port=0, metrics_port=0, version_id="m0")
-        topics = TopicRegistry.from_config(config.kafka)
-        ensure_topics(config.kafka, topics)
-        producer = RecordProducer(config.kafka, topics)
-        warm = records_pb2.Prompt(meta=meta("bench", 0, "m0", "warm"), text="warm up")
-        producer.send(topics.prompts, warm)
+        # 1. the sampler service (warmed up with one record: its model loads on the first)
+        producer.send(topics.prompts, records_pb2.Prompt(meta=meta("bench", 0, "m0", "warm"), text="warm up",
+                                                         sampling=sampling))
         producer.flush()
-        while not read_to_end(config.kafka, topics.candidates):
-            time.sleep(0.2)
+        candidate_sets(0, 1)
         start = time.perf_counter()
         for p in prompts:
             producer.send(topics.prompts, p)
         producer.flush()
-        while True:
-            out = [r.value for r in read_to_end(config.kafka, topics.candidates) if r.value.meta.iteration == 1]
-            if len({c.meta.id for c in out}) >= len(prompts):
-                break
-            time.sleep(0.1)
+        out = candidate_sets(1, len(prompts))
         service_s = time.perf_counter() - start
         service_tokens = sum(c.num_tokens for cs in out for c in cs.candidates)
-
-        # 3. promotion to another version on the three inference services
-        others = [m.start(config, grpc_port=0, metrics_port=0, version_id="m0")
-                  for m in (promptgen_service, judge_service)]
-        config.services.sampler.grpc = sampler.grpc_port
-        config.services.promptgen.grpc, config.services.judge.grpc = (h.grpc_port for h in others)
-        promote_s = HotReloadPromoter(config).promote("m0b")
-        for h in [sampler, *others]:
-            h.stop(grace_s=1)
         producer.close()
+
+        # 3. promotion on the three inference service processes
+        for name in ("promptgen", "sampler", "judge"):
+            getattr(config.services, name).grpc = stack.ports[name][0]
+        HotReloadPromoter(config).promote("m0")  # every service holds a model first
+        promote_s = HotReloadPromoter(config).promote("m0b")
+
+    # 2. the raw engine, the same calls the sampler made
+    host = ModelHost("bench", config, store)
+    host.load("m0")
+    host.generate([[{"role": "user", "content": "warm up"}]], candidate_params(prompts[0], config))
+    start = time.perf_counter()
+    raw_tokens = 0
+    for p in prompts:
+        _, [r] = host.generate([[{"role": "user", "content": p.text}]], candidate_params(p, config))
+        raw_tokens += sum(c.num_tokens for c in r.completions)
+    raw_s = time.perf_counter() - start
 
     raw_tps, service_tps = raw_tokens / raw_s, service_tokens / service_s
     print(f"{args.prompts} prompts x n={args.n}, max {args.max_tokens} tokens, transformers engine on CPU")

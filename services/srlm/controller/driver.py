@@ -10,7 +10,6 @@ and datasets have deterministic names in the store.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Callable, Protocol
 
 from srlm.config import SRLMConfig
@@ -19,7 +18,7 @@ from srlm.controller.tracker import Tracker
 from srlm.judge.stage import Judge
 from srlm.models.importer import import_base_model
 from srlm.models.store import ModelStore
-from srlm.runtime.records import meta
+from srlm.runtime.records import meta, model_version_record
 from srlm.runtime.runconfig import from_yaml
 from srlm.v1 import records_pb2
 
@@ -158,8 +157,7 @@ class RunDriver:
     def _serve(self, state, cfg: SRLMConfig, version: str, reason: str) -> bool:
         """Promote ``version`` outside an iteration (M0 or M1) and start iteration 1."""
         seconds = self.promoter.promote(version)
-        self.store.set_status(version, "promoted", reason)
-        self._publish_status(version, S.MODEL_STATUS_PROMOTED, reason)
+        self.publish_status(version, "promoted", reason)
         state.serving_version = version
         return self._next_iteration(state, cfg, f"{version} promoted ({reason}) in {seconds:.1f}s")
 
@@ -265,34 +263,18 @@ class RunDriver:
         if it.output_version and it.promoted:
             seconds = self.promoter.promote(it.output_version)
             it.metrics["promotion_seconds"] = seconds
-            self.store.set_status(it.output_version, "promoted", it.gate_reason)
-            self._publish_status(it.output_version, S.MODEL_STATUS_PROMOTED, it.gate_reason)
+            self.publish_status(it.output_version, "promoted", it.gate_reason)
             state.serving_version = it.output_version
             message = f"{it.output_version} serves (switched in {seconds:.1f}s)"
         else:
             if it.output_version:
-                self.store.set_status(it.output_version, "rejected", it.gate_reason)
-                self._publish_status(it.output_version, S.MODEL_STATUS_REJECTED, it.gate_reason)
+                self.publish_status(it.output_version, "rejected", it.gate_reason)
             message = f"{state.serving_version} keeps serving: {it.gate_reason}"
         it.stage = S.STAGE_DONE
         return self._next_iteration(state, cfg, message)
 
-    def _publish_status(self, version: str, status: int, reason: str) -> None:
-        manifest = self.store.get(version)
-        record = records_pb2.ModelVersion(
-            version_id=version, parent_id=manifest.parent_id or "", run_id=manifest.run_id or "",
-            iteration=manifest.iteration, kind={"base": S.MODEL_KIND_BASE, "sft": S.MODEL_KIND_SFT}.get(
-                manifest.kind, S.MODEL_KIND_DPO), status=status, uri=str(self.store.path(version, verify=False)),
-            manifest_sha256=self.store.manifest_sha256(version), training_data_sha256=manifest.training_data_sha256 or "",
-            metrics=manifest.metrics, reason=reason)
-        record.created_at.GetCurrentTime()
-        self._send("models", version, record)
+    def publish_status(self, version: str, status: str, reason: str) -> None:
+        """Record a version's new status in the store and announce it on srlm.models."""
+        self.store.set_status(version, status, reason)
+        self._send("models", version, model_version_record(self.store, version))
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

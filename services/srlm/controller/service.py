@@ -18,15 +18,13 @@ from srlm.judge.stage import Judge
 from srlm.models.store import ModelStore, VersionNotFound, validate_id
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import TopicFollower, make_publisher
+from srlm.runtime.records import model_version_record
 from srlm.runtime.server import ServiceHandle, start_grpc_server
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 FOLLOWED = ["runs", "events", "models", "prompts", "candidates", "judgments", "pairs"]
-STATUS = {"published": records_pb2.MODEL_STATUS_PUBLISHED, "promoted": records_pb2.MODEL_STATUS_PROMOTED,
-          "rejected": records_pb2.MODEL_STATUS_REJECTED, "rolled_back": records_pb2.MODEL_STATUS_ROLLED_BACK}
-KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT, "dpo": records_pb2.MODEL_KIND_DPO}
 
 
 class Controller:
@@ -141,19 +139,12 @@ class Controller:
         return records_pb2.RunState.FromString(data) if data is not None else None
 
     def model_record(self, version_id: str) -> records_pb2.ModelVersion:
-        m = self.store.get(version_id)
-        status, reason = self.store.status(version_id)
-        return records_pb2.ModelVersion(
-            version_id=m.version_id, parent_id=m.parent_id or "", run_id=m.run_id or "", iteration=m.iteration,
-            kind=KINDS.get(m.kind, records_pb2.MODEL_KIND_UNSPECIFIED), status=STATUS[status],
-            uri=str(self.store.path(m.version_id, verify=False)), training_data_sha256=m.training_data_sha256 or "",
-            metrics=m.metrics, reason=reason)
+        return model_version_record(self.store, version_id)
 
     def promote(self, version_id: str, reason: str) -> records_pb2.ModelVersion:
         self.store.verify(version_id)
         self.promoter.promote(version_id)
-        self.store.set_status(version_id, "promoted", reason or "promoted by an operator")
-        self.driver._publish_status(version_id, records_pb2.MODEL_STATUS_PROMOTED, reason)
+        self.driver.publish_status(version_id, "promoted", reason or "promoted by an operator")
         return self.model_record(version_id)
 
     def rollback(self, run_id: str, version_id: str, reason: str) -> records_pb2.ModelVersion:
@@ -169,8 +160,7 @@ class Controller:
                 raise VersionNotFound(f"{current.version_id} has no earlier promoted version")
             version_id = parent
         record = self.promote(version_id, reason or f"rollback from {current.version_id}")
-        self.store.set_status(current.version_id, "rolled_back", reason or f"rolled back to {version_id}")
-        self.driver._publish_status(current.version_id, records_pb2.MODEL_STATUS_ROLLED_BACK, reason)
+        self.driver.publish_status(current.version_id, "rolled_back", reason or f"rolled back to {version_id}")
         return record
 
 

@@ -19,15 +19,13 @@ from srlm.config import SRLMConfig
 from srlm.models.store import ModelStore
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import StageWorker, read_topic
-from srlm.runtime.records import meta
+from srlm.runtime.records import meta, model_version_record
 from srlm.runtime.runconfig import from_yaml
 from srlm.runtime.server import ServiceHandle, start_grpc_server
 from srlm.trainer.sft_data import build_sft_rows
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT, "dpo": records_pb2.MODEL_KIND_DPO}
 
 
 class MissingPairs(RuntimeError):
@@ -108,15 +106,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             train_dpo(store, cmd.base_version, cmd.output_version, rows, run_cfg.dpo, run_id=m.run_id,
                       iteration=m.iteration + 1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress)
     state.end("published", cmd.output_version)
-    manifest = store.get(cmd.output_version)
-    record = records_pb2.ModelVersion(
-        version_id=manifest.version_id, parent_id=manifest.parent_id or "", run_id=manifest.run_id or "",
-        iteration=manifest.iteration, kind=KINDS.get(manifest.kind, records_pb2.MODEL_KIND_UNSPECIFIED),
-        status=records_pb2.MODEL_STATUS_PUBLISHED, uri=str(store.path(manifest.version_id, verify=False)),
-        manifest_sha256=store.manifest_sha256(manifest.version_id),
-        training_data_sha256=manifest.training_data_sha256 or "", metrics=manifest.metrics)
-    record.created_at.GetCurrentTime()
-    return record
+    return model_version_record(store, cmd.output_version, "published", "")
 
 
 class TrainerServicer(services_pb2_grpc.TrainerServicer):

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from srlm.config import EngineConfig
 
 log = logging.getLogger(__name__)
+# transformers' from_pretrained is not thread-safe (its meta-device init is process-wide):
+# services sharing a process (tests, benchmarks) load one model at a time.
+_LOAD_LOCK = threading.Lock()
 
 
 def load_model(model_dir: Path, dtype: str):
@@ -41,6 +44,11 @@ def load_model(model_dir: Path, dtype: str):
     ends, so an fp32 checkpoint served in bf16 costs its full fp32 size on top (135M model:
     peak +0.8 GiB RSS). Reading each tensor with pread and casting it at once costs +0.3 GiB.
     """
+    with _LOAD_LOCK:
+        return _load_model(model_dir, dtype)
+
+
+def _load_model(model_dir: Path, dtype: str):
     import torch
     import transformers
     from safetensors import safe_open

@@ -1,18 +1,22 @@
 """Benchmark: DPO training throughput and memory of srlm's trainer vs TRL with its defaults.
 
-Both train SmolLM2-135M (M0) on the same synthetic preference pairs, batch 2 (no gradient
-accumulation), max length 512, CPU or GPU as available:
+Both train SmolLM2-135M (M0) for one epoch on the same synthetic preference pairs, batch 2
+(no gradient accumulation), max length 512, on the CPU (or a GPU if there is one):
   * srlm: ``srlm.trainer.dpo.train_dpo`` with the paper's DPO config (beta 0.1, lr 1e-6 -> 1e-7,
-    dropout 0.1, gradient checkpointing, bf16 autocast), publishing to a temporary store;
-  * TRL: ``trl.DPOTrainer`` with TRL's defaults (bf16 autocast, dropout disabled, gradient
-    checkpointing) and only what the comparison fixes: batch 2, max length 512, ``use_cpu``
-    on a CPU machine, the same seed.
+    dropout 0.1), gradient checkpointing, bf16 autocast, reference log-probs precomputed;
+  * TRL: ``trl.DPOTrainer`` with TRL's defaults (bf16 autocast, gradient checkpointing, dropout
+    disabled, a second model as the reference) and only what the comparison fixes: batch 2,
+    max length 512, ``use_cpu`` on a CPU machine, the same seed.
 
-Each runs in its own process so its peak RSS is its own. Tokens/s counts non-padding tokens
-of chosen and rejected sequences over the optimizer steps after the first (warm-up); loading,
-tokenization and checkpoint saving are excluded.
+Each runs in its own process, so its peak RSS is its own. Tokens are the non-padding tokens
+of the chosen and rejected sequences trained on. Two rates:
+  * end to end: from the call (srlm: ``train_dpo``; TRL: building the trainer) to the last
+    optimizer step, so model loading, tokenization and reference scoring count; the final
+    checkpoint and publishing do not;
+  * steps: optimizer steps after the first (warm-up) only; srlm's reference scoring happened
+    before them, TRL's happens inside them.
 
-    python bench/dpo.py [--pairs 32] [--steps 8] [--response-words 150] [--only srlm|trl]
+    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|trl]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 WORDS = ("model data answer question reason because the a of to and in that is it for on with as "
          "helpful clear step first then finally example result value method simple detail explain").split()
+BATCH = 2
 
 
 def synthetic_pairs(n: int, response_words: int, seed: int = 0) -> list[dict]:
@@ -44,41 +49,41 @@ def synthetic_pairs(n: int, response_words: int, seed: int = 0) -> list[dict]:
 
 
 class Meter:
-    """(time, tokens seen) after every optimizer step."""
+    """The start, then (time, tokens trained so far) after every optimizer step."""
 
     def __init__(self):
+        self.start = time.perf_counter()
         self.marks: list[tuple[float, int]] = []
 
     def mark(self, tokens: int) -> None:
         self.marks.append((time.perf_counter(), int(tokens)))
 
-    def tokens_per_second(self) -> float:
+    def rates(self) -> dict:
         if len(self.marks) < 2:
-            raise SystemExit("need at least 2 steps to time (the first one is a warm-up)")
+            raise SystemExit("need at least 2 optimizer steps (the first one is a warm-up): use more pairs")
         (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-        return (n1 - n0) / (t1 - t0)
+        return {"end_to_end": n1 / (t1 - self.start), "steps": (n1 - n0) / (t1 - t0), "tokens": n1,
+                "seconds": t1 - self.start, "optimizer_steps": len(self.marks)}
 
 
-def run_srlm(store, pairs: list[dict], steps: int, work: Path) -> dict:
+def run_srlm(store, pairs: list[dict], work: Path) -> dict:
     from srlm.config import DPOConfig
     from srlm.trainer.dpo import train_dpo
-
-    meter = Meter()
 
     def progress(step, total, logs):
         if "loss" in logs:
             meter.mark(logs["num_input_tokens_seen"])
 
-    cfg = DPOConfig(batch_size=2, per_device_batch_size=2, max_length=512, max_steps=steps, save_steps=10_000)
+    cfg = DPOConfig(batch_size=BATCH, per_device_batch_size=BATCH, max_length=512, save_steps=10_000)
     version = f"bench-srlm-{os.getpid()}"  # a new version: an existing one would be returned untrained
+    meter = Meter()
     manifest = train_dpo(store, "m0", version, pairs, cfg, run_id="bench", iteration=2, work_dir=work / "srlm",
                          seed=42, progress_cb=progress)
     store.delete(version)
-    return {"tokens_per_second": meter.tokens_per_second(), "steps": len(meter.marks),
-            "loss": manifest.metrics["loss"], "margins": manifest.metrics.get("rewards/margins")}
+    return {**meter.rates(), "loss": manifest.metrics["loss"]}
 
 
-def run_trl(store, pairs: list[dict], steps: int, work: Path) -> dict:
+def run_trl(store, pairs: list[dict], work: Path) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -86,23 +91,21 @@ def run_trl(store, pairs: list[dict], steps: int, work: Path) -> dict:
 
     from srlm.trainer.data import dpo_examples
 
-    meter = Meter()
-
     class StepMeter(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             meter.mark(state.num_input_tokens_seen)
 
     path = store.path("m0")
-    args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=2, max_length=512, max_steps=steps,
+    args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=BATCH, max_length=512,
                      use_cpu=not torch.cuda.is_available(), seed=42, report_to=[], disable_tqdm=True,
                      include_num_input_tokens_seen="non_padding")  # counting only; no effect on training
+    meter = Meter()
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
                          train_dataset=Dataset.from_list(dpo_examples(pairs)),
                          processing_class=AutoTokenizer.from_pretrained(path), callbacks=[StepMeter()])
     trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"tokens_per_second": meter.tokens_per_second(), "steps": len(meter.marks),
-            "loss": losses[-1] if losses else None, "margins": None}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # TRL logs every 10 steps
+    return {**meter.rates(), "loss": losses[-1] if losses else None}
 
 
 def child(which: str, store_root: str, args: argparse.Namespace) -> None:
@@ -111,14 +114,14 @@ def child(which: str, store_root: str, args: argparse.Namespace) -> None:
     store = ModelStore(store_root)
     pairs = synthetic_pairs(args.pairs, args.response_words)
     with tempfile.TemporaryDirectory(prefix=f"bench-dpo-{which}-") as work:
-        result = (run_srlm if which == "srlm" else run_trl)(store, pairs, args.steps, Path(work))
+        result = (run_srlm if which == "srlm" else run_trl)(store, pairs, Path(work))
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--store", store_root, "--pairs", str(args.pairs),
-           "--steps", str(args.steps), "--response-words", str(args.response_words)]
+           "--response-words", str(args.response_words)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -128,8 +131,7 @@ def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trainer (first one is warm-up)")
+    parser.add_argument("--pairs", type=int, default=16, help="one epoch: pairs / 2 optimizer steps")
     parser.add_argument("--response-words", type=int, default=150, help="~1.2 tokens a word; 420 fills 512")
     parser.add_argument("--only", choices=("srlm", "trl"))
     parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
@@ -148,23 +150,23 @@ def main() -> None:
         store = ModelStore(args.store or tmp)
         import_base_model(store)
         tok = AutoTokenizer.from_pretrained(store.path("m0"))
-        examples = dpo_examples(synthetic_pairs(args.pairs, args.response_words))
-        chosen_tokens = [len(tok(tok.apply_chat_template(e["prompt"] + e["chosen"], tokenize=False))["input_ids"])
-                         for e in examples]
-        print(f"{args.pairs} pairs, prompt+chosen {min(chosen_tokens)}-{max(chosen_tokens)} tokens, "
-              f"batch 2, max length 512, {args.steps} steps each")
-        results = {which: measure(which, str(store.root), args)
-                   for which in (("srlm", "trl") if not args.only else (args.only,))}
+        lengths = [len(tok(tok.apply_chat_template(e["prompt"] + e["chosen"], tokenize=False))["input_ids"])
+                   for e in dpo_examples(synthetic_pairs(args.pairs, args.response_words))]
+        print(f"{args.pairs} pairs (prompt+chosen {min(lengths)}-{max(lengths)} tokens), batch {BATCH}, "
+              f"max length 512, one epoch = {args.pairs // BATCH} optimizer steps each")
+        runs = (args.only,) if args.only else ("srlm", "trl")
+        results = {which: measure(which, str(store.root), args) for which in runs}
 
-    print(f"\n{'trainer':<24}{'tokens/s':>10}{'peak RSS GiB':>14}{'final loss':>12}")
     names = {"srlm": "srlm train_dpo", "trl": "TRL DPOTrainer defaults"}
+    print(f"\n{'trainer':<25}{'tokens':>8}{'e2e tok/s':>11}{'step tok/s':>12}{'peak RSS GiB':>14}{'loss':>9}")
     for which, r in results.items():
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
-        print(f"{names[which]:<24}{r['tokens_per_second']:>10.1f}{r['peak_rss_gib']:>14.2f}{loss:>12}")
+        print(f"{names[which]:<25}{r['tokens']:>8}{r['end_to_end']:>11.1f}{r['steps']:>12.1f}"
+              f"{r['peak_rss_gib']:>14.2f}{loss:>9}")
     if len(results) == 2:
-        ratio = results["srlm"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
-        print(f"\nsrlm / TRL tokens/s: {ratio:.2f}x; "
-              f"peak RSS ratio {results['srlm']['peak_rss_gib'] / results['trl']['peak_rss_gib']:.2f}x")
+        s, t = results["srlm"], results["trl"]
+        print(f"\nsrlm / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
+              f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark: M0 as an LLM-as-a-Judge on a fixed set of good and bad responses.
+"""Benchmark: M0 (or any stored version) as an LLM-as-a-Judge on fixed good and bad responses.
 
 Fixed set: AlpacaEval reference answers (held-out vicuna subset) as GOOD responses, and the
 same number of deliberately BAD ones for other vicuna prompts (an answer to a different
@@ -10,6 +10,7 @@ tells them apart). Baseline in the same run: the same judge prompts generated on
 conversation per call (no batching), on a few of them, as a throughput ratio.
 
     python bench/judge.py [--config configs/x.yaml] [--good 16] [--bad 16] [--unbatched 4]
+                          [--store runs/models --version <id>]
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ def log(message: str) -> None:
     print(f"[bench/judge] {message}", file=sys.stderr, flush=True)
 
 
-def judge(engine, conversations, params) -> tuple[list[list[str]], float]:
+def judge(engine, conversations, params) -> tuple[list[list[str]], int, float]:
+    """Judge outputs per conversation, output tokens, seconds."""
     log(f"judging {len(conversations)} conversation(s) x {params.n}")
     start = time.perf_counter()
     results = engine.generate(conversations, params)
-    return [[c.text for c in r.completions] for r in results], time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    tokens = sum(c.num_tokens for r in results for c in r.completions)
+    return [[c.text for c in r.completions] for r in results], tokens, seconds
 
 
 def mean(values: list[float]) -> float | None:
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--bad", type=int, default=16)
     parser.add_argument("--unbatched", type=int, default=4, help="conversations for the unbatched baseline (0: skip)")
     parser.add_argument("--store", help="model store root (default: a temporary one with M0 imported)")
+    parser.add_argument("--version", default="m0", help="model version to judge with (m0 is imported if missing)")
     args = parser.parse_args()
 
     cfg = load_config(args.config)
@@ -85,14 +90,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp:
         store = ModelStore(Path(args.store or tmp))
-        log(f"importing m0 into {store.root}")
-        import_base_model(store, cfg.base_model.source, "m0", cfg.base_model.gguf_file)
+        if args.version == "m0":
+            log(f"importing m0 into {store.root}")
+            import_base_model(store, cfg.base_model.source, "m0", cfg.base_model.gguf_file)
         with create_engine(cfg.engine) as engine:
             start = time.perf_counter()
-            engine.load(store.path("m0"), "m0")
+            engine.load(store.path(args.version), args.version)
             load_s = time.perf_counter() - start
-            outputs, batched_s = judge(engine, conversations, params)
-            unbatched_s = sum(judge(engine, [conv], params)[1] for conv in conversations[: args.unbatched])
+            outputs, batched_tokens, batched_s = judge(engine, conversations, params)
+            # baseline: conversations spread over the set (prompt lengths vary), one per call
+            step = max(1, len(conversations) // max(1, args.unbatched))
+            baseline = conversations[::step][: args.unbatched]
+            unbatched = [judge(engine, [conv], params) for conv in baseline]
+            unbatched_tokens = sum(u[1] for u in unbatched)
+            unbatched_s = sum(u[2] for u in unbatched)
+    for kind in ("good", "bad:self_score"):
+        example = next((outs[0] for (k, _, _), outs in zip(rows, outputs) if k == kind), None)
+        if example is not None:
+            log(f"first {kind} judge output: {example[:400]!r}")
 
     stats = {"good": JudgeStats(), "bad": JudgeStats()}
     scores: dict[str, list[float]] = {"good": [], "bad": []}
@@ -112,7 +127,7 @@ def main() -> None:
     n_judgments = len(conversations) * jc.num_judgments
     batched_rate = n_judgments / batched_s
     good, bad = mean(scores["good"]), mean(scores["bad"])
-    print(f"engine={cfg.engine.kind} dtype={cfg.engine.dtype} model=m0 ({cfg.base_model.source}) "
+    print(f"engine={cfg.engine.kind} dtype={cfg.engine.dtype} model={args.version} "
           f"k={jc.num_judgments} T={jc.temperature} top_p={jc.top_p} max_tokens={jc.max_tokens} load={load_s:.1f}s")
     print()
     print(f"{'set':<22}{'responses':>10}{'judgments':>10}{'parsed':>8}{'parse rate':>12}{'mean score':>12}")
@@ -124,13 +139,16 @@ def main() -> None:
         print(f"  {kind:<20}{'':>10}{'':>10}{len(by_kind[kind]):>8}{'':>12}{fmt(mean(by_kind[kind])):>12}")
     print(f"{'all':<22}{len(rows):>10}{total.total:>10}{total.parsed:>8}{total.parse_rate:>12.1%}")
     print()
-    print(f"{'throughput':<34}{'judgments':>10}{'seconds':>10}{'judgments/s':>13}")
-    print(f"{'batched (all conversations)':<34}{n_judgments:>10}{batched_s:>10.1f}{batched_rate:>13.2f}")
-    if args.unbatched:
-        n_unbatched = min(args.unbatched, len(conversations)) * jc.num_judgments
+    print(f"{'throughput':<34}{'judgments':>10}{'seconds':>10}{'judgments/s':>13}{'tokens/s':>10}")
+    print(f"{'batched (all conversations)':<34}{n_judgments:>10}{batched_s:>10.1f}{batched_rate:>13.3f}"
+          f"{batched_tokens / batched_s:>10.1f}")
+    if baseline:
+        n_unbatched = len(baseline) * jc.num_judgments
         unbatched_rate = n_unbatched / unbatched_s
-        print(f"{'baseline: one conversation a call':<34}{n_unbatched:>10}{unbatched_s:>10.1f}{unbatched_rate:>13.2f}")
-        print(f"{'ratio batched / baseline':<34}{'':>10}{'':>10}{batched_rate / unbatched_rate:>12.2f}x")
+        print(f"{'baseline: one conversation a call':<34}{n_unbatched:>10}{unbatched_s:>10.1f}"
+              f"{unbatched_rate:>13.3f}{unbatched_tokens / unbatched_s:>10.1f}")
+        print(f"{'ratio batched / baseline':<34}{'':>10}{'':>10}{batched_rate / unbatched_rate:>12.2f}x"
+              f"{(batched_tokens / batched_s) / (unbatched_tokens / unbatched_s):>9.2f}x")
     print()
     ratio = good / bad if good is not None and bad else None
     print(f"mean score good / bad: {fmt(good)} / {fmt(bad)} = {fmt(ratio)}x (parse rate {total.parse_rate:.1%})")

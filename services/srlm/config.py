@@ -240,6 +240,8 @@ class DPOConfig(TrainingSection):
     lr_schedule: Literal["cosine", "linear"] = Field("linear", description="the paper names no shape: linear")
     loss_type: Literal["sigmoid", "ipo", "sigmoid+nll"] = "sigmoid"
     nll_weight: float = Field(1.0, ge=0, description="weight of the NLL term for sigmoid+nll (RPO)")
+    precompute_ref_log_probs: bool = Field(
+        True, description="score the pairs with M_t once before training instead of keeping a reference copy in memory")
 
 
 # AlpacaEval subsets kept for evaluation (eval gate); never seed/training data.

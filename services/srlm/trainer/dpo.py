@@ -28,12 +28,18 @@ def trl_loss(cfg: DPOConfig) -> dict:
 
 def build_dpo_trainer(model_dir: Path, examples: list[dict], cfg: DPOConfig, *, output_dir: Path, seed: int,
                       callbacks: Sequence[TrainerCallback] = ()) -> DPOTrainer:
-    """TRL's DPOTrainer; the reference is a frozen copy of M_t (with LoRA: M_t with the adapter off)."""
+    """TRL's DPOTrainer with M_t as the reference.
+
+    The reference log-probs come from M_t itself before any update (``precompute_ref_log_probs``,
+    in eval mode: no dropout), from a frozen copy of M_t, or with LoRA from M_t with the adapter off.
+    """
     model, tokenizer = load_model(model_dir, cfg)
     peft_config = lora_config(cfg)
-    ref_model = None if peft_config else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    separate_ref = not (peft_config or cfg.precompute_ref_log_probs)
+    ref_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32) if separate_ref else None
     args = TRLDPOConfig(**training_arguments(cfg, output_dir=output_dir, seed=seed), beta=cfg.beta,
-                        disable_dropout=cfg.dropout == 0, **trl_loss(cfg))
+                        disable_dropout=cfg.dropout == 0, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+                        **trl_loss(cfg))
     return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(examples),
                       processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
 

@@ -52,7 +52,6 @@ class TrainerBuilder(Protocol):
 
 def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> dict[str, Any]:
     """Keywords common to TRL's SFTConfig and DPOConfig, from the srlm config section."""
-    cuda = torch.cuda.is_available()
     return {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": cfg.per_device_batch_size,
@@ -68,7 +67,7 @@ def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> 
         "logging_steps": cfg.logging_steps,
         "seed": seed,
         "data_seed": seed,
-        "use_cpu": not cuda,  # TRL defaults to bf16, which fails on CPU unless use_cpu is set
+        "use_cpu": not torch.cuda.is_available(),  # TRL's bf16 fails on a CPU unless use_cpu is set
         "bf16": cfg.precision == "bf16",
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "include_num_input_tokens_seen": "non_padding",

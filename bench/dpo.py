@@ -5,8 +5,8 @@ Both train SmolLM2-135M (M0) for one epoch on the same synthetic preference pair
   * srlm: ``srlm.trainer.dpo.train_dpo`` with the paper's DPO config (beta 0.1, lr 1e-6 -> 1e-7,
     dropout 0.1), gradient checkpointing, bf16 autocast, reference log-probs precomputed;
   * TRL: ``trl.DPOTrainer`` with TRL's defaults (bf16 autocast, gradient checkpointing, dropout
-    disabled, a second model as the reference) and only what the comparison fixes: batch 2,
-    max length 512, ``use_cpu`` on a CPU machine, the same seed.
+    disabled, a second model as the reference) and only what the comparison fixes: one epoch,
+    batch 2, max length 512, ``use_cpu`` on a CPU machine, the same seed.
 
 Each runs in its own process, so its peak RSS is its own. Tokens are the non-padding tokens
 of the chosen and rejected sequences trained on. Two rates:
@@ -16,7 +16,7 @@ of the chosen and rejected sequences trained on. Two rates:
   * steps: optimizer steps after the first (warm-up) only; srlm's reference scoring happened
     before them, TRL's happens inside them.
 
-    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|trl]
+    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|trl] [--set dropout=0 ...]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Meter:
                 "seconds": t1 - self.start, "optimizer_steps": len(self.marks)}
 
 
-def run_srlm(store, pairs: list[dict], work: Path) -> dict:
+def run_srlm(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
     from srlm.config import DPOConfig
     from srlm.trainer.dpo import train_dpo
 
@@ -74,7 +74,8 @@ def run_srlm(store, pairs: list[dict], work: Path) -> dict:
         if "loss" in logs:
             meter.mark(logs["num_input_tokens_seen"])
 
-    cfg = DPOConfig(batch_size=BATCH, per_device_batch_size=BATCH, max_length=512, save_steps=10_000)
+    cfg = DPOConfig(**{"batch_size": BATCH, "per_device_batch_size": BATCH, "max_length": 512, "save_steps": 10_000,
+                       **overrides})
     version = f"bench-srlm-{os.getpid()}"  # a new version: an existing one would be returned untrained
     meter = Meter()
     manifest = train_dpo(store, "m0", version, pairs, cfg, run_id="bench", iteration=2, work_dir=work / "srlm",
@@ -83,7 +84,7 @@ def run_srlm(store, pairs: list[dict], work: Path) -> dict:
     return {**meter.rates(), "loss": manifest.metrics["loss"]}
 
 
-def run_trl(store, pairs: list[dict], work: Path) -> dict:
+def run_trl(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -96,8 +97,8 @@ def run_trl(store, pairs: list[dict], work: Path) -> dict:
             meter.mark(state.num_input_tokens_seen)
 
     path = store.path("m0")
-    args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=BATCH, max_length=512,
-                     use_cpu=not torch.cuda.is_available(), seed=42, report_to=[], disable_tqdm=True,
+    args = DPOConfig(output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=BATCH,
+                     max_length=512, use_cpu=not torch.cuda.is_available(), seed=42, report_to=[], disable_tqdm=True,
                      include_num_input_tokens_seen="non_padding")  # counting only; no effect on training
     meter = Meter()
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
@@ -114,14 +115,20 @@ def child(which: str, store_root: str, args: argparse.Namespace) -> None:
     store = ModelStore(store_root)
     pairs = synthetic_pairs(args.pairs, args.response_words)
     with tempfile.TemporaryDirectory(prefix=f"bench-dpo-{which}-") as work:
-        result = (run_srlm if which == "srlm" else run_trl)(store, pairs, Path(work))
+        result = (run_srlm if which == "srlm" else run_trl)(store, pairs, Path(work), parse_overrides(args.set))
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in pairs)}
+
+
 def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--store", store_root, "--pairs", str(args.pairs),
-           "--response-words", str(args.response_words)]
+           "--response-words", str(args.response_words), *(f"--set={kv}" for kv in args.set)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -134,6 +141,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16, help="one epoch: pairs / 2 optimizer steps")
     parser.add_argument("--response-words", type=int, default=150, help="~1.2 tokens a word; 420 fills 512")
     parser.add_argument("--only", choices=("srlm", "trl"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dpo config value for srlm's run (YAML value), e.g. dropout=0")
     parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
     parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)
     args = parser.parse_args()

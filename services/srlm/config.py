@@ -199,11 +199,13 @@ class TrainingSection(Section):
     max_steps: int = Field(-1, description="-1: use num_epochs")
     max_length: int = Field(1024, ge=16)
     dropout: float = Field(0.1, ge=0, lt=1, description="paper: 0.1; set on the model's dropout fields while training")
-    save_steps: int = Field(50, ge=1, description="checkpoint interval (optimizer steps); a restart resumes from the last")
+    save_steps: int = Field(50, ge=1, description="optimizer steps between checkpoints; a restart resumes from one")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept in the work dir")
     keep_checkpoints: bool = Field(False, description="keep the work dir after publishing (default: removed)")
     logging_steps: int = Field(1, ge=1, description="optimizer steps between progress reports")
-    gradient_checkpointing: bool = Field(True, description="recompute activations in backward: less memory, ~25% slower")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in backward: less memory, slower")
+    logprob_tile: int = Field(8192, ge=256, description="vocabulary columns TRL's fused LM head scores at once "
+                                                        "(TRL: 32768); smaller tiles, less memory, same result")
     precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="bf16: fp32 weights, bf16 autocast (GPUs; CPUs with AMX/AVX512-BF16); fp32: no autocast")
     use_lora: bool = False

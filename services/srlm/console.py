@@ -70,6 +70,8 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
 
     stack = LocalStack(config, config_path, work_dir).start() if up else None
     try:
+        if stack:
+            config = stack.client_config()  # its broker: the report reads the run's topics
         host = config.services.host
         address = stack.controller_address if stack else f"{host}:{config.services.controller.grpc}"
         trainer_address = stack.address("trainer") if stack else f"{host}:{config.services.trainer.grpc}"
@@ -127,6 +129,9 @@ def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
     console.print(f"run {pair.meta.run_id}, iteration {pair.meta.iteration}, made by model {pair.meta.model_version}")
     console.print(f"prompt {pair.prompt_id}" + (f" (written by {prompt.meta.model_version}, demonstrations "
                                                  f"{list(prompt.demonstration_ids)})" if prompt else "") + f":\n{pair.prompt}")
+    if cands:
+        console.print(f"candidates sampled by {cands.meta.model_version}"
+                      + (f", judged by {judgments.meta.model_version}" if judgments else ""))
     scores = {jc.candidate_id: jc for jc in (judgments.candidates if judgments else [])}
     for c in (cands.candidates if cands else []):
         role = "CHOSEN" if c.candidate_id == pair.chosen_candidate_id else \
@@ -135,7 +140,8 @@ def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
         console.rule(f"{c.candidate_id} {role} mean score {jc.mean_score if jc and jc.num_parsed else 'n/a'}")
         console.print(c.text)
         for i, s in enumerate(jc.samples if jc else []):
-            console.print(f"[dim]judgment {i} ({'score ' + str(s.score) if s.parsed else 'unparsed'}):[/] {s.output}")
+            verdict = f"score {s.score}" + (" forced" if s.forced else "") if s.parsed else "unparsed"
+            console.print(f"[dim]judgment {i} ({verdict}):[/] {s.output}")
     if judgments:
         console.print(f"decision: {records_pb2.PairDecision.Name(judgments.decision)}: {judgments.reason}")
     return 0

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from srlm.bus.local_broker import LocalKafkaBroker, free_port
-from srlm.config import SRLMConfig
+from srlm.config import SRLMConfig, load_config
 
 SERVICE_ORDER = ("promptgen", "sampler", "judge", "trainer", "controller")
 
@@ -81,6 +81,12 @@ class LocalStack:
             env[f"SRLM_SERVICES__{name.upper()}__GRPC"] = str(grpc_port)
             env[f"SRLM_SERVICES__{name.upper()}__METRICS"] = str(metrics_port)
         return env
+
+    def client_config(self) -> SRLMConfig:
+        """The config as this stack's services see it (its broker, ports and model store):
+        what a client reading its topics needs."""
+        env = {k: v for k, v in self.service_env().items() if k.startswith("SRLM_") and "__" in k}
+        return load_config(self.config_path, environ=env)
 
     # ------------------------------------------------------------------ lifecycle
 

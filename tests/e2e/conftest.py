@@ -24,12 +24,6 @@ def stack_for(tmp: Path, **env: str) -> LocalStack:
                       env={"SRLM_MODEL_STORE__ROOT": str(tmp / "models"), **env})
 
 
-def child_config(stack: LocalStack):
-    """The config the services of ``stack`` run with (its broker, its store)."""
-    env = {k: v for k, v in stack.service_env().items() if k.startswith("SRLM_") and "__" in k}
-    return load_config(CI_CONFIG, environ=env)
-
-
 def start_run(stack: LocalStack, run_id: str) -> records_pb2.RunState:
     with grpc.insecure_channel(stack.controller_address) as ch:
         return services_pb2_grpc.ControllerStub(ch).StartRun(services_pb2.StartRunRequest(run_id=run_id),

@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -23,8 +26,9 @@ from srlm.console import follow_run
 from srlm.controller.report import write_report
 from srlm.local import LocalStack
 from srlm.models.store import ModelStore
+from srlm.runtime.pipeline import read_topic
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
-from tests.e2e.conftest import child_config, pair_records, stack_for, start_run, started, wait_run
+from tests.e2e.conftest import CI_CONFIG, pair_records, stack_for, start_run, started, wait_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 
@@ -51,7 +55,7 @@ def undisturbed(tmp_path_factory):
         with grpc.insecure_channel(stack.controller_address) as ch, \
                 grpc.insecure_channel(stack.address("trainer")) as tch:
             state = follow_run(services_pb2_grpc.ControllerStub(ch), services_pb2_grpc.TrainerStub(tch), RUN_ID)
-        yield Finished(stack, child_config(stack), state)
+        yield Finished(stack, stack.client_config(), state)
     finally:
         stack.stop()
 
@@ -90,10 +94,43 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
     report = write_report(config, state, tmp_path / "report")
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["run_id"] == RUN_ID and saved["iterations"][0]["pairs"] == it.pairs
-    assert saved["iterations"][0]["judge_parse_rate"] is not None
+    first = saved["iterations"][0]
+    assert first["judge_parse_rate"] is not None and first["judge_version"] == f"{RUN_ID}.m1"
+    assert first["judge_forced_share"] == 1.0 - first["judge_parse_rate"]  # every unparsed verdict forced
+    assert {"prompts", "candidates", "judgments", "training", "eval", "promote"} <= set(first["stage_seconds"])
+    assert all(secs >= 0 for secs in first["stage_seconds"].values())
+    assert saved["sft_stage_seconds"]["sft"] > 0
+    assert "eft_judge_parse_rate" in versions[f"{RUN_ID}.m1"].metrics  # the base model's, as judge
     assert len(report["plots"]) == 5
     for png in report["plots"]:
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_inspect_pair_shows_provenance(undisturbed):
+    """`srlm inspect pair` (the real CLI) traces a pair to its run, prompt, candidates and judgments."""
+    config = undisturbed.config
+    [pair] = [p for p in pair_records(config) if p.meta.run_id == RUN_ID][:1]
+    [cands] = [c for c in read_topic(config, "candidates") if c.prompt_id == pair.prompt_id]
+    env = {**os.environ, **undisturbed.stack.service_env(), "COLUMNS": "250"}  # rich: no cut titles
+
+    def inspect(pair_id: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "srlm.cli", "inspect", "pair", pair_id, "--config",
+                               str(CI_CONFIG)], env=env, capture_output=True, text=True, timeout=120)
+
+    shown = inspect(pair.meta.id)
+    assert shown.returncode == 0, shown.stderr
+    out = " ".join(shown.stdout.split())  # rich wraps long lines
+    assert f"run {RUN_ID}, iteration 1, made by model {RUN_ID}.m1" in out
+    assert f"candidates sampled by {RUN_ID}.m1, judged by {RUN_ID}.m1" in out
+    assert pair.prompt_id in out and " ".join(pair.prompt.split())[:60] in out
+    assert f"{pair.chosen_candidate_id} CHOSEN" in out and f"{pair.rejected_candidate_id} REJECTED" in out
+    for cand in cands.candidates:  # every candidate, with each of its k judgments
+        assert cand.candidate_id in out
+    assert out.count("judgment 0 (") == len(cands.candidates)
+    assert "decision: PAIR_DECISION_KEPT" in out
+
+    missing = inspect("no-such-pair")
+    assert missing.returncode == 1 and "no pair 'no-such-pair'" in missing.stderr
 
 
 # The stages during which each service is killed (once each, after a random delay).
@@ -139,7 +176,7 @@ def test_crash_safety(undisturbed, tmp_path):
     try:
         start_run(stack, RUN_ID)
         state = wait_run(stack, RUN_ID, RUN_TIMEOUT_S, on_poll=chaos)
-        config = child_config(stack)
+        config = stack.client_config()
         assert state.stage == records_pb2.STAGE_DONE, state.error
         assert len(killed) >= 3, f"chaos seed {seed}: only {killed} were killed"
         ids = pair_ids(config)

@@ -113,6 +113,24 @@ def test_greedy_samples_agree_and_stop_strings_cut(engine: GenerationEngine):
     assert completion.num_tokens < full[0].num_tokens
 
 
+def test_choice_probabilities(engine: GenerationEngine):
+    """The next-token distribution over single-token choices after a begun assistant turn
+    (the judge's forced verdict). Rows of one conversation are scored together (the
+    transformers engine shares their common prefix): each row equals its score on its own."""
+    capital = CONVERSATIONS[0]
+    rows = [(capital, "The capital of France is"), (capital, "I am sure that the capital of France is"),
+            (capital, "Paris is the answer. Score out of 5:"), (CONVERSATIONS[1], "Red, green and")]
+    choices = (" Paris", " London", " Berlin")
+    together = engine.choice_probabilities([c for c, _ in rows], [p for _, p in rows], choices)
+    alone = [engine.choice_probabilities([c], [p], choices)[0] for c, p in rows]
+    for row, single in zip(together, alone):
+        assert sum(row) == pytest.approx(1.0, abs=1e-4) and all(0.0 <= q <= 1.0 for q in row)
+        assert row == pytest.approx(single, abs=0.02)
+    assert together[0][0] > 0.5 and together[1][0] > 0.5, together  # the model knows the answer
+    with pytest.raises(ValueError, match="single tokens"):
+        engine.choice_probabilities([capital], ["x"], (" Paris is",))
+
+
 def test_reload_switches_versions(engine: GenerationEngine, m0, m0_negated):
     store, _ = m0
     before = greedy(engine)

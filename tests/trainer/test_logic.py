@@ -142,3 +142,15 @@ def test_resume_picks_the_newest_complete_checkpoint_and_drops_a_cut_short_one(t
     (tmp_path / "checkpoint-11" / "model.safetensors").write_bytes(b"partial")
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert not (tmp_path / "checkpoint-11").exists()
+
+
+def test_logprob_tile_is_the_width_trls_fused_head_reads(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    from srlm.trainer.job import set_logprob_tile
+
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    set_logprob_tile(DPOConfig(logprob_tile=1024))
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 1024
+    with pytest.raises(ConfigError, match="logprob_tile"):
+        parse_config({"dpo": {"logprob_tile": 16}})

@@ -68,6 +68,9 @@ class RunDriver:
     def save(self, state: records_pb2.RunState, message: str, **progress: float) -> None:
         """Persist the state, then announce the step (WatchRun streams these events)."""
         state.updated_at.GetCurrentTime()
+        last = state.stage_starts[-1] if state.stage_starts else None
+        if last is None or (last.iteration, last.stage) != (state.iteration, state.stage):
+            state.stage_starts.add(iteration=state.iteration, stage=state.stage, at=state.updated_at)
         self._send("runs", state.run_id, state)
         event = records_pb2.RunEvent(run_id=state.run_id, iteration=state.iteration, stage=state.stage,
                                      message=message, progress=progress)

@@ -44,14 +44,17 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             tokens.update({c.candidate_id: c.num_tokens for c in cs.candidates})
 
     per_iter: dict[int, dict[str, Any]] = defaultdict(lambda: {"scores": [], "decisions": Counter(), "parsed": 0,
-                                                               "judgments": 0, "chosen_tokens": [], "rejected_tokens": [],
-                                                               "gaps": []})
+                                                               "forced": 0, "judgments": 0, "chosen_tokens": [],
+                                                               "rejected_tokens": [], "gaps": []})
+    judge_versions = {}
     for j in judgments.values():
+        judge_versions[j.meta.iteration] = j.meta.model_version
         it = per_iter[j.meta.iteration]
         it["decisions"][records_pb2.PairDecision.Name(j.decision).removeprefix("PAIR_DECISION_").lower()] += 1
         for c in j.candidates:
             it["judgments"] += len(c.samples)
-            it["parsed"] += c.num_parsed
+            it["parsed"] += sum(s.parsed and not s.forced for s in c.samples)  # the free text's verdicts
+            it["forced"] += sum(s.forced for s in c.samples)
             if c.num_parsed:
                 it["scores"].append(c.mean_score)
     for p in pairs.values():
@@ -74,14 +77,28 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             "iteration": s.iteration, "input_version": s.input_version, "output_version": s.output_version,
             "promoted": s.promoted, "gate_reason": s.gate_reason, "gate_metrics": dict(s.metrics),
             "prompts": s.prompts, "pairs": s.pairs, "pair_decisions": dict(it["decisions"]),
+            "judge_version": judge_versions.get(s.iteration, ""),
             "judge_parse_rate": it["parsed"] / it["judgments"] if it["judgments"] else None,
+            "judge_forced_share": it["forced"] / it["judgments"] if it["judgments"] else None,
+            "stage_seconds": {name: secs for (i, name), secs in stage_seconds(state).items() if i == s.iteration},
             "mean_score": _mean(it["scores"]), "scores": it["scores"],
             "share_scores_ge_4": (sum(s >= 4 for s in it["scores"]) / len(it["scores"])) if it["scores"] else None,
             "mean_chosen_tokens": _mean(it["chosen_tokens"]), "mean_rejected_tokens": _mean(it["rejected_tokens"]),
             "mean_score_gap": _mean(it["gaps"]),
         })
+    sft = {name: secs for (i, name), secs in stage_seconds(state).items() if i == 0}
     return {"run_id": state.run_id, "stage": records_pb2.Stage.Name(state.stage), "error": state.error,
-            "serving_version": state.serving_version, "iterations": iterations, "versions": versions}
+            "serving_version": state.serving_version, "sft_stage_seconds": sft, "iterations": iterations,
+            "versions": versions}
+
+
+def stage_seconds(state: records_pb2.RunState) -> dict[tuple[int, str], float]:
+    """Wall seconds of each (iteration, stage): from its start to the next stage's (the last
+    one's to the state's last update)."""
+    starts = list(state.stage_starts)
+    ends = [s.at for s in starts[1:]] + [state.updated_at]
+    return {(s.iteration, records_pb2.Stage.Name(s.stage).removeprefix("STAGE_").lower()):
+            (end.ToNanoseconds() - s.at.ToNanoseconds()) / 1e9 for s, end in zip(starts, ends)}
 
 
 def _plot(path: Path, draw) -> str:

@@ -99,7 +99,8 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             host.close()
             state.begin(m.run_id, m.iteration, len(rows))
             train_sft(store, cmd.base_version, cmd.output_version, rows, run_cfg.sft, run_id=m.run_id,
-                      iteration=1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress)
+                      iteration=1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress,
+                      data_metrics=stats)
         else:
             rows = dpo_rows(config, m.run_id, m.iteration, list(cmd.pair_ids))
             state.begin(m.run_id, m.iteration, len(rows))

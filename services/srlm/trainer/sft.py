@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from datasets import Dataset
 from transformers import TrainerCallback
@@ -13,12 +13,14 @@ from trl import SFTTrainer
 from srlm.config import SFTConfig
 from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.data import sft_examples
-from srlm.trainer.job import ProgressFn, load_model, lora_config, run_round, training_arguments
+from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
+                              training_arguments)
 
 
 def build_sft_trainer(model_dir: Path, examples: list[dict], cfg: SFTConfig, *, output_dir: Path, seed: int,
                       callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
     """TRL's SFTTrainer on prompt-completion examples: prompt tokens are masked out of the labels."""
+    set_logprob_tile(cfg)
     model, tokenizer = load_model(model_dir, cfg)
     args = TRLSFTConfig(**training_arguments(cfg, output_dir=output_dir, seed=seed), completion_only_loss=True)
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
@@ -27,7 +29,7 @@ def build_sft_trainer(model_dir: Path, examples: list[dict], cfg: SFTConfig, *, 
 
 def train_sft(store: ModelStore, base_version: str, out_version: str, rows: list[dict], cfg: SFTConfig, *,
               run_id: str | None, iteration: int = 1, work_dir: Path, seed: int,
-              progress_cb: ProgressFn | None = None) -> Manifest:
+              progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None) -> Manifest:
     """Fine-tune ``base_version`` on chat ``rows`` and publish ``out_version`` (idempotent, resumable)."""
     examples = sft_examples(rows)
 
@@ -36,4 +38,5 @@ def train_sft(store: ModelStore, base_version: str, out_version: str, rows: list
 
     return run_round(store, kind="sft", base_version=base_version, out_version=out_version, rows=rows,
                      examples=examples, cfg=cfg, build_trainer=build, summary_keys=("mean_token_accuracy",),
-                     run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb)
+                     run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb,
+                     data_metrics=data_metrics)

@@ -25,8 +25,9 @@ def _model_answers(host: ModelHost, candidates: list[EFTCandidate], config: SRLM
 
 
 def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate], seed: int,
-              needs_model_answers: bool) -> tuple[list[SFTExample], EFTReport]:
-    """Judge every candidate's answers; keep the first attempt whose scores agree with the ranking."""
+              needs_model_answers: bool) -> tuple[list[SFTExample], EFTReport, float]:
+    """Judge every candidate's answers; keep the first attempt whose scores agree with the ranking.
+    Also returns the base model's judge parse rate (free text, before any forced verdict)."""
     cfg = config.seed_data
     candidates = candidates[: cfg.max_eft]
     if needs_model_answers:
@@ -58,14 +59,15 @@ def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate
     kept = kept[: cfg.max_eft]
     total.examples = len(kept)
     log.info("EFT: %d of %d candidates agree with the ranking -> %d examples", total.agree, len(candidates), len(kept))
-    return kept, total
+    return kept, total, judge.stats.parse_rate
 
 
 def build_sft_rows(host: ModelHost, config: SRLMConfig, seed: int) -> tuple[list[dict], dict[str, float]]:
     """Rows for ``train_sft`` (TRL prompt-completion format) and counts for the manifest."""
     data = load_seed_data(config.seed_data)
-    eft, report = build_eft(host, config, data.eft_train, seed, data.needs_model_answers)
+    eft, report, parse_rate = build_eft(host, config, data.eft_train, seed, data.needs_model_answers)
     rows = [{**e.to_prompt_completion(), "example_id": e.example_id, "kind": e.kind} for e in [*data.ift, *eft]]
     stats = {"ift_examples": float(len(data.ift)), "eft_examples": float(len(eft)),
-             "eft_candidates": float(report.candidates), "eft_agree": float(report.agree)}
+             "eft_candidates": float(report.candidates), "eft_agree": float(report.agree),
+             "eft_judge_parse_rate": parse_rate}
     return rows, stats

@@ -312,8 +312,18 @@ class IterationState(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     def __init__(self, iteration: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., prompts: _Optional[int] = ..., candidate_sets: _Optional[int] = ..., judgment_sets: _Optional[int] = ..., pairs: _Optional[int] = ..., input_version: _Optional[str] = ..., output_version: _Optional[str] = ..., promoted: _Optional[bool] = ..., gate_reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class StageStart(_message.Message):
+    __slots__ = ("iteration", "stage", "at")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    stage: Stage
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, iteration: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class RunState(_message.Message):
-    __slots__ = ("run_id", "config_yaml", "stage", "iteration", "serving_version", "iterations", "error", "started_at", "updated_at")
+    __slots__ = ("run_id", "config_yaml", "stage", "iteration", "serving_version", "iterations", "error", "started_at", "updated_at", "stage_starts")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +333,7 @@ class RunState(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_STARTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     config_yaml: str
     stage: Stage
@@ -332,7 +343,8 @@ class RunState(_message.Message):
     error: str
     started_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, run_id: _Optional[str] = ..., config_yaml: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., iteration: _Optional[int] = ..., serving_version: _Optional[str] = ..., iterations: _Optional[_Iterable[_Union[IterationState, _Mapping]]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stage_starts: _containers.RepeatedCompositeFieldContainer[StageStart]
+    def __init__(self, run_id: _Optional[str] = ..., config_yaml: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., iteration: _Optional[int] = ..., serving_version: _Optional[str] = ..., iterations: _Optional[_Iterable[_Union[IterationState, _Mapping]]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stage_starts: _Optional[_Iterable[_Union[StageStart, _Mapping]]] = ...) -> None: ...
 
 class IterationCommand(_message.Message):
     __slots__ = ("meta", "kind", "num_prompts", "pair_ids", "base_version", "output_version", "config_yaml")

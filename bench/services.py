@@ -4,22 +4,28 @@
 
 Starts the local stack (broker + the five services as processes, as ``srlm up`` does), then:
 
-1. Sampler service: the prompts as records on srlm.prompts, the sampler process (Kafka
-   transactions, protobuf, metrics), time until every candidate set is on srlm.candidates;
-   output tokens/s.
-2. Raw engine, the baseline in the same run: the same prompts in this process, one generate
-   call per prompt (n samples, seeded per prompt, as the sampler does). The ratio
-   service/raw is the service's efficiency (the outputs are identical, so are the tokens).
-3. Promotion: LoadModel of a new version on promptgen, sampler and judge at once (hot
+1. Promotion: LoadModel of a new version on promptgen, sampler and judge at once (hot
    reload), the time until all three serve it.
+2. Sampler service: the prompts as records on srlm.prompts, the sampler process (Kafka
+   transactions, protobuf, metrics), time until every candidate set is on srlm.candidates
+   (one consumer follows the topic); output tokens/s. The judge service is stopped meanwhile:
+   it would start judging those candidates on the same cores.
+3. Raw engine, the baseline in the same run: the same prompts in this process, one generate
+   call per prompt (n samples, seeded per prompt, as the sampler does), while the stack is
+   still up and idle, so both see the same background. The ratio service/raw is the
+   service's efficiency (the outputs are identical, so are the tokens). Also reported: the
+   CPU seconds the other services and the broker used meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from srlm.bus import TopicRegistry, read_to_end
 from srlm.bus.producer import RecordProducer
@@ -30,6 +36,7 @@ from srlm.models.importer import import_base_model
 from srlm.models.store import ModelStore
 from srlm.recipe.ids import prompt_id
 from srlm.runtime.model_host import ModelHost
+from srlm.runtime.pipeline import TopicFollower
 from srlm.runtime.records import meta
 from srlm.sampler.stage import candidate_params
 from srlm.v1 import records_pb2
@@ -37,6 +44,11 @@ from srlm.v1 import records_pb2
 PROMPTS = ["Write a haiku about the sea.", "Explain what a CPU cache is.", "Give three tips for learning a language.",
            "What is the difference between a list and a tuple in Python?", "Describe a sunset in two sentences.",
            "How do vaccines work?", "Suggest a name for a bakery.", "Summarize the plot of Hamlet briefly."]
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def main() -> None:
@@ -59,48 +71,58 @@ def main() -> None:
                                           sampling=sampling))
 
     with LocalStack(config, None, work / "local", free_ports=True) as stack:
-        kafka = config.kafka.model_copy(update={"bootstrap_servers": [stack.bootstrap_servers]})
-        topics = TopicRegistry.from_config(kafka)
-        producer = RecordProducer(kafka, topics)
+        config = stack.client_config()
+        topics = TopicRegistry.from_config(config.kafka)
+        producer = RecordProducer(config.kafka, topics)
+        arrived: dict[int, dict[str, records_pb2.CandidateSet]] = {0: {}, 1: {}}
+        complete = {0: threading.Event(), 1: threading.Event()}
+        wanted = {0: 1, 1: len(prompts)}
 
-        def candidate_sets(iteration: int, count: int) -> list[records_pb2.CandidateSet]:
-            while True:
-                out = {r.value.meta.id: r.value for r in read_to_end(kafka, topics.candidates)
-                       if r.value.meta.iteration == iteration}
-                if len(out) >= count:
-                    return list(out.values())
-                time.sleep(0.1)
+        def on_candidates(_what: str, cs: records_pb2.CandidateSet) -> None:
+            it = cs.meta.iteration
+            if it in arrived:
+                arrived[it][cs.meta.id] = cs
+                if len(arrived[it]) >= wanted[it]:
+                    complete[it].set()
 
-        # 1. the sampler service (warmed up with one record: its model loads on the first)
+        # 1. promotion on the three inference service processes
+        HotReloadPromoter(config).promote("m0b")  # every service holds a model first
+        promote_s = HotReloadPromoter(config).promote("m0")
+
+        follower = TopicFollower("bench", config, ["candidates"], on_candidates)
+        follower.start()
+        stack.stop_service("judge")
+
+        # 2. the sampler service (warmed up with one record: its model loads on the first)
         producer.send(topics.prompts, records_pb2.Prompt(meta=meta("bench", 0, "m0", "warm"), text="warm up",
                                                          sampling=sampling))
         producer.flush()
-        candidate_sets(0, 1)
+        complete[0].wait()
+        others = [psutil.Process(p.pid) for name, p in stack.procs.items() if name not in ("sampler", "judge")]
+        others.append(psutil.Process(stack.broker.pid))
+        cpu_before = sum(cpu_seconds(p) for p in others)
         start = time.perf_counter()
         for p in prompts:
             producer.send(topics.prompts, p)
         producer.flush()
-        out = candidate_sets(1, len(prompts))
+        complete[1].wait()
         service_s = time.perf_counter() - start
-        service_tokens = sum(c.num_tokens for cs in out for c in cs.candidates)
+        others_cpu = sum(cpu_seconds(p) for p in others) - cpu_before
+        service_tokens = sum(c.num_tokens for cs in arrived[1].values() for c in cs.candidates)
+        follower.stop()
         producer.close()
 
-        # 3. promotion on the three inference service processes
-        for name in ("promptgen", "sampler", "judge"):
-            getattr(config.services, name).grpc = stack.ports[name][0]
-        HotReloadPromoter(config).promote("m0")  # every service holds a model first
-        promote_s = HotReloadPromoter(config).promote("m0b")
-
-    # 2. the raw engine, the same calls the sampler made
-    host = ModelHost("bench", config, store)
-    host.load("m0")
-    host.generate([[{"role": "user", "content": "warm up"}]], candidate_params(prompts[0], config))
-    start = time.perf_counter()
-    raw_tokens = 0
-    for p in prompts:
-        _, [r] = host.generate([[{"role": "user", "content": p.text}]], candidate_params(p, config))
-        raw_tokens += sum(c.num_tokens for c in r.completions)
-    raw_s = time.perf_counter() - start
+        # 3. the raw engine, the same calls the sampler made, beside the idle stack
+        host = ModelHost("bench", config, store)
+        host.load("m0")
+        host.generate([[{"role": "user", "content": "warm up"}]], candidate_params(prompts[0], config))
+        start = time.perf_counter()
+        raw_tokens = 0
+        for p in prompts:
+            _, [r] = host.generate([[{"role": "user", "content": p.text}]], candidate_params(p, config))
+            raw_tokens += sum(c.num_tokens for c in r.completions)
+        raw_s = time.perf_counter() - start
+        host.close()
 
     raw_tps, service_tps = raw_tokens / raw_s, service_tokens / service_s
     print(f"{args.prompts} prompts x n={args.n}, max {args.max_tokens} tokens, transformers engine on CPU")
@@ -108,6 +130,8 @@ def main() -> None:
     print(f"{'raw engine':28}{raw_tokens:>8}{raw_s:>9.1f}{raw_tps:>8.1f}")
     print(f"{'sampler service (Kafka)':28}{service_tokens:>8}{service_s:>9.1f}{service_tps:>8.1f}")
     print(f"service / raw tok/s ratio: {service_tps / raw_tps:.3f} (goal >= 0.95)")
+    print(f"meanwhile the other services and the broker used {others_cpu:.1f} CPU-s "
+          f"({others_cpu / service_s:.2f} cores)")
     print(f"promotion to a new version on promptgen+sampler+judge: {promote_s:.1f} s (goal <= 10 s)")
 
 

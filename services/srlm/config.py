@@ -205,7 +205,8 @@ class TrainingSection(Section):
     logging_steps: int = Field(1, ge=1, description="optimizer steps between progress reports")
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward: less memory, slower")
     logprob_tile: int = Field(8192, ge=256, description="vocabulary columns TRL's fused LM head scores at once "
-                                                        "(TRL: 32768); smaller tiles, less memory, same result")
+                                                        "(TRL: 32768); smaller: less memory, log-probs equal "
+                                                        "to float rounding")
     precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="bf16: fp32 weights, bf16 autocast (GPUs; CPUs with AMX/AVX512-BF16); fp32: no autocast")
     use_lora: bool = False

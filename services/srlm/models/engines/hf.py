@@ -1,7 +1,8 @@
 """Generation with Hugging Face transformers: the CPU fallback and the engine tests run on.
 
 The n samples of each prompt are expanded into rows, rows are grouped by prompt length and
-generated ``max_batch_size`` at a time with left padding. A seed makes a call reproducible:
+generated ``max_batch_size`` at a time with left padding; the rows of one prompt share one
+prefill of it, and top-p sampling is ``NucleusSampler``'s. A seed makes a call reproducible:
 the same conversations, parameters and seed give the same completions.
 """
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 import threading
 import time
@@ -66,7 +68,7 @@ def follow_run(controller: services_pb2_grpc.ControllerStub, trainer: services_p
 def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, work_dir: str,
                       report_dir: str | None) -> int:
     from srlm.controller.report import write_report
-    from srlm.local import LocalStack
+    from srlm.local import LocalStack, PeakMemory
 
     stack = LocalStack(config, config_path, work_dir).start() if up else None
     try:
@@ -76,16 +78,19 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
         address = stack.controller_address if stack else f"{host}:{config.services.controller.grpc}"
         trainer_address = stack.address("trainer") if stack else f"{host}:{config.services.trainer.grpc}"
         started = time.monotonic()
-        with grpc.insecure_channel(address) as channel, grpc.insecure_channel(trainer_address) as trainer_channel:
+        with grpc.insecure_channel(address) as channel, grpc.insecure_channel(trainer_address) as trainer_channel, \
+                (PeakMemory(stack) if stack else contextlib.nullcontext()) as memory:
             controller = services_pb2_grpc.ControllerStub(channel)
             state = controller.StartRun(services_pb2.StartRunRequest(run_id=config.run.run_id or ""),
                                         wait_for_ready=True, timeout=60)
             console.print(f"run [bold]{state.run_id}[/] started")
             state = follow_run(controller, services_pb2_grpc.TrainerStub(trainer_channel), state.run_id)
         out = Path(report_dir or Path("runs") / "reports" / state.run_id)
-        report = write_report(config, state, out, wall_seconds=time.monotonic() - started)
+        extra = {"peak_rss_gib": memory.gib()} if memory else {}
+        report = write_report(config, state, out, wall_seconds=time.monotonic() - started, extra=extra)
         console.print(f"run {state.run_id}: {_stage(state.stage)} in {time.monotonic() - started:.0f}s; "
-                      f"serving {state.serving_version}; report {out / 'report.json'} ({len(report['plots'])} plots)")
+                      f"serving {state.serving_version}; report {out / 'report.json'} ({len(report['plots'])} plots)"
+                      + (f"; peak memory {memory.gib()['total']:.1f} GiB" if memory else ""))
         return 0 if state.stage == records_pb2.STAGE_DONE else 1
     finally:
         if stack:

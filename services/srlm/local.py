@@ -10,10 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from srlm.bus.local_broker import LocalKafkaBroker, free_port
@@ -143,6 +145,13 @@ class LocalStack:
         except KeyboardInterrupt:
             pass
 
+    def pids(self) -> dict[str, int]:
+        """The live processes of the stack by name (services, then the broker)."""
+        pids = {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+        if self.broker and self.broker.pid:
+            pids["broker"] = self.broker.pid
+        return pids
+
     def __enter__(self) -> "LocalStack":
         try:
             return self.start()
@@ -152,3 +161,52 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class PeakMemory:
+    """Peak RSS of each process of a stack (with its children, e.g. vLLM engine processes)
+    and of the whole stack at once, sampled every ``interval_s`` in a thread."""
+
+    def __init__(self, stack: LocalStack, interval_s: float = 2.0) -> None:
+        self.stack, self.interval_s = stack, interval_s
+        self.peaks: dict[str, int] = {}
+        self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def gib(self) -> dict[str, float]:
+        return {**{name: b / 2**30 for name, b in self.peaks.items()}, "total": self.total / 2**30}
+
+    def _run(self) -> None:
+        while True:
+            total = 0
+            for name, pid in self.stack.pids().items():
+                rss = _tree_rss(pid)
+                self.peaks[name] = max(self.peaks.get(name, 0), rss)
+                total += rss
+            self.total = max(self.total, total)
+            if self._stop.wait(self.interval_s):
+                return
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    rss = 0
+    for p in procs:
+        try:
+            rss += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return rss

@@ -1,6 +1,6 @@
 """The README's main command, `srlm run --up`, as a user runs it: it starts the local broker and
-the five services, runs the config to the end, writes the report from the run's topics and
-stops everything."""
+the five services, runs the config to the end, writes the report from the run's topics (with
+the stack's peak memory) and stops everything."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def test_srlm_run_up_runs_to_the_end_and_writes_the_report(tmp_path):
     assert report["run_id"] == "cli" and report["stage"] == "STAGE_DONE" and report["serving_version"] == "cli.m1"
     assert report["sft_stage_seconds"]["sft"] > 0 and report["wall_seconds"] > 0
     assert all((report_dir / png).stat().st_size > 1000 for png in report["plots"])
+    peaks = report["peak_rss_gib"]  # sampled while the run went on
+    assert set(peaks) == {*SERVICE_ORDER, "broker", "total"}
+    assert peaks["trainer"] > 0.5 and peaks["broker"] > 0.1  # SFT ran; the JVM is not small
+    assert max(v for k, v in peaks.items() if k != "total") <= peaks["total"] <= sum(peaks.values()) - peaks["total"]
     assert [m.version_id for m in ModelStore(tmp_path / "models").list("cli")] == ["cli.m0", "cli.m1"]
     # Ctrl-C semantics at the end: no service or broker of this stack is left running
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "local")], capture_output=True, text=True)

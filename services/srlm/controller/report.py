@@ -167,10 +167,13 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
-def write_report(config: SRLMConfig, state: records_pb2.RunState, out: Path, wall_seconds: float | None = None) -> dict[str, Any]:
+def write_report(config: SRLMConfig, state: records_pb2.RunState, out: Path, wall_seconds: float | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``extra``: what the caller measured besides the topics (e.g. the stack's peak memory)."""
     out.mkdir(parents=True, exist_ok=True)
     report = collect(config, state)
     report["wall_seconds"] = wall_seconds
+    report.update(extra or {})
     report["plots"] = plots(report, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

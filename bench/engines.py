@@ -62,24 +62,9 @@ def worker(args: argparse.Namespace) -> None:
                                   "samples": samples, "max_rss": max_rss}), flush=True)
 
 
-def tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
+    from srlm.local import tree_rss
+
     cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir)] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
         for k in ("prompts", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]

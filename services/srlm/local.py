@@ -189,7 +189,7 @@ class PeakMemory:
         while True:
             total = 0
             for name, pid in self.stack.pids().items():
-                rss = _tree_rss(pid)
+                rss = tree_rss(pid)
                 self.peaks[name] = max(self.peaks.get(name, 0), rss)
                 total += rss
             self.total = max(self.total, total)
@@ -197,7 +197,8 @@ class PeakMemory:
                 return
 
 
-def _tree_rss(pid: int) -> int:
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of a process and all its descendants (0 once it is gone)."""
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from srlm.bus import TopicRegistry, read_to_end
+from srlm.bus import TopicRegistry
 from srlm.bus.producer import RecordProducer
 from srlm.config import SRLMConfig
 from srlm.controller.promoter import HotReloadPromoter

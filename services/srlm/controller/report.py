@@ -70,6 +70,7 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
         versions.append({"version_id": m.version_id, "parent_id": m.parent_id, "kind": m.kind, "iteration": m.iteration,
                          "status": status, "reason": reason, "metrics": m.metrics,
                          "log_history": m.extra.get("log_history", [])})
+    seconds = stage_seconds(state)
     iterations = []
     for s in state.iterations:
         it = per_iter[s.iteration]
@@ -80,13 +81,13 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             "judge_version": judge_versions.get(s.iteration, ""),
             "judge_parse_rate": it["parsed"] / it["judgments"] if it["judgments"] else None,
             "judge_forced_share": it["forced"] / it["judgments"] if it["judgments"] else None,
-            "stage_seconds": {name: secs for (i, name), secs in stage_seconds(state).items() if i == s.iteration},
+            "stage_seconds": {name: secs for (i, name), secs in seconds.items() if i == s.iteration},
             "mean_score": _mean(it["scores"]), "scores": it["scores"],
             "share_scores_ge_4": (sum(s >= 4 for s in it["scores"]) / len(it["scores"])) if it["scores"] else None,
             "mean_chosen_tokens": _mean(it["chosen_tokens"]), "mean_rejected_tokens": _mean(it["rejected_tokens"]),
             "mean_score_gap": _mean(it["gaps"]),
         })
-    sft = {name: secs for (i, name), secs in stage_seconds(state).items() if i == 0}
+    sft = {name: secs for (i, name), secs in seconds.items() if i == 0}
     return {"run_id": state.run_id, "stage": records_pb2.Stage.Name(state.stage), "error": state.error,
             "serving_version": state.serving_version, "sft_stage_seconds": sft, "iterations": iterations,
             "versions": versions}

@@ -30,7 +30,6 @@ class Judge:
         self.config = config
         self.template = read_judge_template(config.judge.template_file)
         self.stats = JudgeStats()
-        self.forced = 0  # verdicts taken from the constrained next token
 
     def _force_verdicts(self, conversations, outputs: list[list[str]], params: SamplingParams
                         ) -> tuple[list[list[str]], set[tuple[int, int]]]:
@@ -96,7 +95,6 @@ class Judge:
             jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
             judged.append(jc)
         self.stats.merge(batch)
-        self.forced += len(forced)
         metrics.JUDGMENTS.labels("true").inc(batch.parsed)
         metrics.JUDGMENTS.labels("false").inc(batch.unparsed)
         metrics.JUDGE_PARSE_RATE.set(batch.parse_rate)

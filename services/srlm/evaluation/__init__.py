@@ -1,0 +1,1 @@
+"""srlm's evaluation suite: metrics (pure), the suite runner, the eval gate's evidence."""

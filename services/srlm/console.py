@@ -141,7 +141,8 @@ def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
         role = "CHOSEN" if c.candidate_id == pair.chosen_candidate_id else \
             "REJECTED" if c.candidate_id == pair.rejected_candidate_id else ""
         jc = scores.get(c.candidate_id)
-        console.rule(f"{c.candidate_id} {role} mean score {jc.mean_score if jc and jc.num_parsed else 'n/a'}")
+        flag = " (has a score statement: judged without it, never chosen)" if jc and jc.score_statement else ""
+        console.rule(f"{c.candidate_id} {role} mean score {jc.mean_score if jc and jc.num_parsed else 'n/a'}{flag}")
         console.print(c.text)
         for i, s in enumerate(jc.samples if jc else []):
             verdict = f"score {s.score}" + (" forced" if s.forced else "") if s.parsed else "unparsed"

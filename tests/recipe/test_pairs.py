@@ -144,3 +144,68 @@ def test_length_control_never_chooses_the_rejected() -> None:
 def test_non_finite_scores_count_as_unparsed(bad: float) -> None:
     out = build_pair([C(0, bad), C(1, 3.0), C(2, 1.0)], PairsConfig())
     assert (out.chosen_index, out.rejected_index) == (1, 2)
+
+
+# --------------------------------------------------------------------------- score statements (injection)
+
+@st.composite
+def candidate_sets_with_statements(draw) -> list[ScoredCandidate]:
+    n = draw(st.integers(0, 6))
+    return [ScoredCandidate(i, draw(score), draw(st.integers(0, 400)), draw(st.booleans())) for i in range(n)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(cands=candidate_sets_with_statements(), cfg=configs)
+def test_a_candidate_with_a_score_statement_is_never_chosen(cands: list[ScoredCandidate], cfg: PairsConfig) -> None:
+    out = build_pair(cands, cfg)
+    scored = [c for c in cands if c.score is not None]
+    if len(scored) < cfg.min_scored_candidates:
+        assert out.decision == "dropped_unparseable"
+        return
+    worst = min(c.score for c in scored)
+    if max(c.score for c in scored) - worst <= cfg.tie_epsilon + TOL:
+        assert out.decision == "dropped_tie"
+        return
+    clean_better = [c for c in scored if not c.has_score_statement and c.score - worst > cfg.tie_epsilon + TOL]
+    if not clean_better:
+        assert out.decision == "dropped_injection" and out.chosen_index is None
+        return
+    assert out.kept
+    chosen, rejected = by_index(cands)[out.chosen_index], by_index(cands)[out.rejected_index]
+    assert not chosen.has_score_statement
+    assert rejected.score == worst  # the rejected side is unchanged, score statement or not
+    if not cfg.length_control:
+        assert chosen.score == max(c.score for c in clean_better)  # the best of the rest
+
+
+def S(index: int, score: float | None, tokens: int = 100) -> ScoredCandidate:
+    """A candidate whose response carries a score statement."""
+    return ScoredCandidate(index, score, tokens, has_score_statement=True)
+
+
+def test_the_best_scored_injection_falls_back_to_the_next_best() -> None:
+    out = build_pair([S(0, 5.0), C(1, 4.0), C(2, 1.0), C(3, 3.0)], PairsConfig())
+    assert (out.decision, out.chosen_index, out.rejected_index) == ("kept", 1, 2)
+    assert "not chosen for a score statement: c0 (5.00, 100 tokens)" in out.reason
+    # with length control the window is measured from the best eligible score (4.0), not 5.0
+    out = build_pair([S(0, 5.0, 10), C(1, 4.0, 300), C(2, 3.8, 50), C(3, 1.0)],
+                     PairsConfig(length_control=True, length_control_margin=0.5))
+    assert (out.chosen_index, out.rejected_index) == (2, 3)
+    assert "of the top score 4.00" in out.reason
+
+
+def test_an_injection_can_be_the_rejected_side() -> None:
+    out = build_pair([C(0, 4.0), S(1, 1.0), C(2, 2.0)], PairsConfig())
+    assert (out.decision, out.chosen_index, out.rejected_index) == ("kept", 0, 1)
+
+
+def test_dropped_when_only_injections_beat_the_worst() -> None:
+    out = build_pair([S(0, 5.0), S(3, 4.5), C(1, 1.0), C(2, 1.0)], PairsConfig())
+    assert out.decision == "dropped_injection" and not out.kept
+    assert out.chosen_index is None and out.rejected_index is None
+    assert "c0 (5.00, 100 tokens)" in out.reason and "c3 (4.50, 100 tokens)" in out.reason
+    # a clean candidate within a tie of the rejected one does not rescue the prompt
+    out = build_pair([S(0, 5.0), C(1, 1.1), C(2, 1.0)], PairsConfig(tie_epsilon=0.1))
+    assert out.decision == "dropped_injection"
+    # a tie stays a tie, whoever carries a score statement
+    assert build_pair([S(0, 3.0), C(1, 3.0)], PairsConfig()).decision == "dropped_tie"

@@ -44,7 +44,8 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             tokens.update({c.candidate_id: c.num_tokens for c in cs.candidates})
 
     per_iter: dict[int, dict[str, Any]] = defaultdict(lambda: {"scores": [], "decisions": Counter(), "parsed": 0,
-                                                               "forced": 0, "judgments": 0, "chosen_tokens": [],
+                                                               "forced": 0, "judgments": 0, "candidates": 0,
+                                                               "score_statements": 0, "chosen_tokens": [],
                                                                "rejected_tokens": [], "gaps": []})
     judge_versions = {}
     for j in judgments.values():
@@ -52,6 +53,8 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
         it = per_iter[j.meta.iteration]
         it["decisions"][records_pb2.PairDecision.Name(j.decision).removeprefix("PAIR_DECISION_").lower()] += 1
         for c in j.candidates:
+            it["candidates"] += 1
+            it["score_statements"] += c.score_statement  # reward hacking: answers that address the judge
             it["judgments"] += len(c.samples)
             it["parsed"] += sum(s.parsed and not s.forced for s in c.samples)  # the free text's verdicts
             it["forced"] += sum(s.forced for s in c.samples)
@@ -81,6 +84,7 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             "judge_version": judge_versions.get(s.iteration, ""),
             "judge_parse_rate": it["parsed"] / it["judgments"] if it["judgments"] else None,
             "judge_forced_share": it["forced"] / it["judgments"] if it["judgments"] else None,
+            "score_statement_share": it["score_statements"] / it["candidates"] if it["candidates"] else None,
             "stage_seconds": {name: secs for (i, name), secs in seconds.items() if i == s.iteration},
             "mean_score": _mean(it["scores"]), "scores": it["scores"],
             "share_scores_ge_4": (sum(s >= 4 for s in it["scores"]) / len(it["scores"])) if it["scores"] else None,

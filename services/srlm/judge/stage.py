@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from srlm.config import SRLMConfig
 from srlm.models.engines import SamplingParams
 from srlm.recipe import ids
-from srlm.recipe.judge import JudgeStats, aggregate, build_judge_messages, parse_judgment, read_judge_template
+from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, has_score_statement, parse_judgment,
+                               read_judge_template)
 from srlm.recipe.pairs import ScoredCandidate, build_pair
 from srlm.runtime import metrics
 from srlm.runtime.model_host import ModelHost
@@ -19,6 +20,7 @@ DECISIONS = {
     "kept": records_pb2.PAIR_DECISION_KEPT,
     "dropped_tie": records_pb2.PAIR_DECISION_DROPPED_TIE,
     "dropped_unparseable": records_pb2.PAIR_DECISION_DROPPED_UNPARSEABLE,
+    "dropped_injection": records_pb2.PAIR_DECISION_DROPPED_INJECTION,
 }
 
 
@@ -83,7 +85,8 @@ class Judge:
         batch = JudgeStats()
         judged = []
         for i, texts in enumerate(outputs):
-            jc = records_pb2.JudgedCandidate()
+            # the judge read it neutralised (build_judge_messages); the flag keeps it from being chosen
+            jc = records_pb2.JudgedCandidate(score_statement=has_score_statement(responses[i]))
             scores = []
             for k, text in enumerate(texts):
                 j = parse_judgment(text, self.config.judge.max_score)
@@ -120,7 +123,8 @@ def judge_candidate_set(cs: records_pb2.CandidateSet, judge: Judge) -> JudgeOutc
         jc.candidate_id = cand.candidate_id
         jc.num_tokens = cand.num_tokens
         out.candidates.append(jc)
-        scored.append(ScoredCandidate(cand.index, jc.mean_score if jc.num_parsed else None, cand.num_tokens))
+        scored.append(ScoredCandidate(cand.index, jc.mean_score if jc.num_parsed else None, cand.num_tokens,
+                                      has_score_statement=jc.score_statement))
     outcome = build_pair(scored, judge.config.pairs)
     out.decision = DECISIONS[outcome.decision]
     out.reason = outcome.reason

@@ -12,6 +12,11 @@ With ``length_control`` (Meta-Rewarding, Wu et al. 2024) the chosen is the SHORT
 candidate among those within ``length_control_margin`` of the top score, which counters the
 length growth of iterated self-rewarding; it is never a candidate whose score does not beat
 the rejected one by more than ``tie_epsilon``.
+
+A candidate whose response carries a judge-style score statement or a plea to the judge
+(``has_score_statement``, see :mod:`srlm.recipe.judge`) is never the chosen side: DPO would
+teach the model to write verdicts into its answers. It may be the rejected one. When no other
+candidate beats the rejected one by more than a tie, the prompt is ``dropped_injection``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Literal, Sequence
 
 from srlm.config import PairsConfig
 
-Decision = Literal["kept", "dropped_tie", "dropped_unparseable"]
+Decision = Literal["kept", "dropped_tie", "dropped_unparseable", "dropped_injection"]
 
 # Mean scores are floats (4.0 - 3.9 > 0.1 in binary); differences this small are ties.
 SCORE_TOLERANCE = 1e-9
@@ -30,11 +35,13 @@ SCORE_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class ScoredCandidate:
-    """A candidate's index in its set, its mean judge score (None: no judgment parsed) and length."""
+    """A candidate's index in its set, its mean judge score (None: no judgment parsed), length,
+    and whether its response carries a score statement (then it is never chosen)."""
 
     index: int
     score: float | None
     num_tokens: int
+    has_score_statement: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,16 +82,26 @@ def build_pair(candidates: Sequence[ScoredCandidate], cfg: PairsConfig) -> PairO
         )
     # candidates that beat the rejected one by more than a tie
     better = [c for c in scored if c.score - rejected.score > cfg.tie_epsilon + SCORE_TOLERANCE]  # type: ignore[operator]
+    excluded = sorted((c for c in better if c.has_score_statement), key=lambda c: c.index)
+    better = [c for c in better if not c.has_score_statement]
+    if not better:
+        return PairOutcome(
+            "dropped_injection",
+            f"no candidate without a score statement beats the rejected {_describe(rejected)} by more than a tie; "
+            f"never chosen (their responses address the judge): {', '.join(_describe(c) for c in excluded)}",
+        )
     if cfg.length_control:
-        near_top = [c for c in better if c.score >= top - cfg.length_control_margin - SCORE_TOLERANCE]  # type: ignore[operator]
+        best = max(c.score for c in better)  # type: ignore[type-var]
+        near_top = [c for c in better if c.score >= best - cfg.length_control_margin - SCORE_TOLERANCE]  # type: ignore[operator]
         chosen = min(near_top, key=lambda c: (c.num_tokens, -c.score, c.index))  # type: ignore[operator]
-        how = f"shortest within {cfg.length_control_margin} of the top score {top:.2f}"
+        how = f"shortest within {cfg.length_control_margin} of the top score {best:.2f}"
     else:
         chosen = min(better, key=lambda c: (-c.score, c.num_tokens, c.index))  # type: ignore[operator]
         how = "highest score"
+    skipped = f"; not chosen for a score statement: {', '.join(_describe(c) for c in excluded)}" if excluded else ""
     return PairOutcome(
         "kept",
-        f"chosen {_describe(chosen)} ({how}) vs rejected {_describe(rejected)} (lowest score)",
+        f"chosen {_describe(chosen)} ({how}) vs rejected {_describe(rejected)} (lowest score){skipped}",
         chosen.index,
         rejected.index,
     )

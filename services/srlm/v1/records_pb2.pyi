@@ -22,6 +22,7 @@ class PairDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAIR_DECISION_KEPT: _ClassVar[PairDecision]
     PAIR_DECISION_DROPPED_TIE: _ClassVar[PairDecision]
     PAIR_DECISION_DROPPED_UNPARSEABLE: _ClassVar[PairDecision]
+    PAIR_DECISION_DROPPED_INJECTION: _ClassVar[PairDecision]
 
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -66,6 +67,7 @@ PAIR_DECISION_UNSPECIFIED: PairDecision
 PAIR_DECISION_KEPT: PairDecision
 PAIR_DECISION_DROPPED_TIE: PairDecision
 PAIR_DECISION_DROPPED_UNPARSEABLE: PairDecision
+PAIR_DECISION_DROPPED_INJECTION: PairDecision
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_BASE: ModelKind
 MODEL_KIND_SFT: ModelKind
@@ -191,18 +193,20 @@ class JudgeSample(_message.Message):
     def __init__(self, output: _Optional[str] = ..., parsed: _Optional[bool] = ..., score: _Optional[float] = ..., forced: _Optional[bool] = ...) -> None: ...
 
 class JudgedCandidate(_message.Message):
-    __slots__ = ("candidate_id", "samples", "mean_score", "num_parsed", "num_tokens")
+    __slots__ = ("candidate_id", "samples", "mean_score", "num_parsed", "num_tokens", "score_statement")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MEAN_SCORE_FIELD_NUMBER: _ClassVar[int]
     NUM_PARSED_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_STATEMENT_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     samples: _containers.RepeatedCompositeFieldContainer[JudgeSample]
     mean_score: float
     num_parsed: int
     num_tokens: int
-    def __init__(self, candidate_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[JudgeSample, _Mapping]]] = ..., mean_score: _Optional[float] = ..., num_parsed: _Optional[int] = ..., num_tokens: _Optional[int] = ...) -> None: ...
+    score_statement: bool
+    def __init__(self, candidate_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[JudgeSample, _Mapping]]] = ..., mean_score: _Optional[float] = ..., num_parsed: _Optional[int] = ..., num_tokens: _Optional[int] = ..., score_statement: _Optional[bool] = ...) -> None: ...
 
 class JudgmentSet(_message.Message):
     __slots__ = ("meta", "prompt_id", "prompt", "candidates", "decision", "reason", "pair_id")

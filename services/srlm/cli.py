@@ -5,6 +5,7 @@
     srlm serve sampler --config ...              # one service (what a container runs)
     srlm status [RUN_ID] | srlm models [--run RUN_ID]
     srlm models import-smollm2                    # M0 into the model store
+    srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
     srlm train dpo --run-id R --iteration I --base-version V --out-version W   # a training Job
 """
@@ -76,6 +77,53 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from srlm.evaluation import report
+    from srlm.evaluation.suite import PARTS, EvaluationSuite
+    from srlm.models.store import ModelStore
+    from srlm.runtime.model_host import ModelHost
+
+    config = _config(args)
+    store = ModelStore(config.model_store.root)
+    for v in [*args.versions, args.baseline, args.base]:
+        if v and not store.exists(v):
+            print(f"srlm eval: no model version {v!r} in {store.root}", file=sys.stderr)
+            return 2
+    parts = tuple(p for p in args.suite.split(",") if p)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        print(f"srlm eval: --suite: unknown parts {sorted(unknown)}; known: {','.join(PARTS)}", file=sys.stderr)
+        return 2
+
+    def base_of(version: str) -> str:
+        m = store.get(version)
+        while m.parent_id and store.exists(m.parent_id):
+            m = store.get(m.parent_id)
+        return m.version_id
+
+    base = args.base or base_of(args.versions[0])
+    suite = EvaluationSuite(config, store, ModelHost("eval", config, store), base_version=base)
+    results = []
+    for v in args.versions:
+        parent = store.get(v).parent_id
+        baseline = args.baseline if args.baseline != v else None
+        if baseline is None and parent and parent != v and store.exists(parent) and not args.baseline:
+            baseline = parent
+        ev = suite.evaluate(v, baseline=baseline, parts=parts)
+        report.export_gauges(ev)
+        results.append(ev)
+        print(f"evaluated {v}" + (f" against {baseline}" if baseline else ""), file=sys.stderr)
+    print(report.table(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([ev.as_dict() for ev in results], fh, indent=2)
+    if args.plot:
+        report.plot(results, args.plot)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from srlm.console import inspect_pair
 
@@ -121,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="hub id or local folder (default: base_model.source)")
     p.add_argument("--version-id", default="m0")
     p.set_defaults(func=cmd_models)
+
+    p = with_config(sub.add_parser("eval", help="the evaluation suite for model versions, with intervals"))
+    p.add_argument("--versions", nargs="+", required=True)
+    p.add_argument("--suite", default="ifeval,head_to_head,judge,robustness",
+                   help="comma-separated parts: ifeval, head_to_head, judge, robustness")
+    p.add_argument("--baseline", default=None, help="compare every version with this one (default: its parent)")
+    p.add_argument("--base", default=None, help="the base model (M0) for the fixed judge and the judge set "
+                                                "(default: the first version's oldest ancestor)")
+    p.add_argument("--json", default=None, help="write the figures to this file")
+    p.add_argument("--plot", default=None, help="write the plot with error bars to this PNG")
+    p.set_defaults(func=cmd_eval)
 
     p = with_config(sub.add_parser("inspect", help="provenance of a record"))
     p.add_argument("what", choices=["pair"])

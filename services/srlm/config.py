@@ -265,6 +265,9 @@ class SeedDataConfig(Section):
     eft_balance_scores: bool = Field(True, description="paper: down-sample the most common EFT scores so scores are evenly represented")
     eft_judge_attempts: int = Field(3, ge=1, description="judge samples tried per EFT answer set before it is dropped")
     eft_answer_max_tokens: int = Field(256, ge=1, description="length of the model answers EFT compares with the reference")
+    eft_max_answer_words: int | None = Field(
+        None, ge=1, description="paper: no limit. EFT prompts with a longer answer are left out (train and eval "
+        "split alike): a judge prompt longer than sft.max_length would lose its target, the verdict, to truncation")
 
     @field_validator("alpacaeval_subsets")
     @classmethod
@@ -275,16 +278,52 @@ class SeedDataConfig(Section):
         return subsets
 
 
+class EvaluationConfig(Section):
+    """The evaluation suite (``srlm eval``, the eval gate, the run report), on held-out data only.
+
+    Defaults are the full benchmarks; small CPU configs set sizes and say why. Every metric
+    comes with a ``confidence`` interval (bootstrap over prompts) and, against a baseline
+    version, a paired test.
+    """
+
+    judge: str = Field("base", description="FIXED judge of head-to-head comparisons, never the candidate: 'base' "
+                                           "(the run's M0, never trained), a model version id, or the base URL of "
+                                           "an OpenAI-compatible server (e.g. a vLLM server: http://host:8000/v1)")
+    judge_model: str | None = Field(None, description="model name at the judge endpoint (None: its first model)")
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the endpoint's key")
+    judge_timeout_s: float = Field(120, gt=0)
+    ifeval_prompts: int = Field(541, ge=0, description="IFEval prompts (all 541 by default)")
+    alpacaeval_prompts: int = Field(332, ge=0, description="AlpacaEval held-out prompts (vicuna 80 + selfinstruct "
+                                                           "252), compared with the reference answers")
+    max_tokens: int = Field(1024, ge=1, description="response length budget (greedy decoding)")
+    preference_eft_pairs: int = Field(200, ge=0, description="held-out judge set: EFT eval split, reference answer "
+                                                             "vs the base model's answer")
+    preference_ifeval_pairs: int = Field(100, ge=0, description="held-out judge set: IFEval prompts whose checker "
+                                                                "passes one base-model sample and fails another")
+    preference_ifeval_samples: int = Field(4, ge=2, description="base-model samples per IFEval prompt for that set")
+    preference_max_tokens: int = Field(256, ge=1, description="length of the base model's answers in the judge set")
+    robustness_responses: int = Field(50, ge=0, description="responses scored again with an injected verdict / plea")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    seed: int = 0
+
+
 class EvalGateConfig(Section):
-    """Checks before a new version is promoted."""
+    """Promotion of M_{t+1} over the serving M_t, decided on the evaluation suite's evidence.
+
+    A candidate is rejected when it is SIGNIFICANTLY worse (paired test at ``alpha``) than
+    the serving version on IFEval prompt-level strict accuracy or on the head-to-head win
+    rate judged by the fixed judge (``evaluation.judge``), or when its length grows too much.
+    """
 
     enabled: bool = True
-    num_prompts: int = Field(32, ge=1, description="held-out prompts (AlpacaEval vicuna/selfinstruct, IFEval)")
-    judge_version: str = Field("current", description="'current' or a fixed version id")
-    min_win_rate: float = Field(0.5, ge=0, le=1, description="head-to-head vs M_t, ties count half")
-    min_ifeval_accuracy_delta: float = Field(-0.05, description="allowed drop of IFEval accuracy")
-    max_length_growth: float = Field(1.5, gt=0, description="mean length ratio new/current allowed")
-    max_tokens: int = Field(256, ge=1)
+    min_prompts: int = Field(100, ge=1, description="fewer held-out prompts than this cannot decide (one verdict "
+                                                    "must not flip a decision): the gate stops with an error")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the paired tests")
+    max_ifeval_drop: float = Field(0.0, ge=0, le=1, description="a significant IFEval drop larger than this rejects")
+    min_win_rate: float = Field(0.5, ge=0, le=1, description="a win rate significantly below this rejects "
+                                                             "(soft preferences of the fixed judge, both orders)")
+    max_length_growth: float = Field(1.2, gt=0, description="mean length ratio candidate / serving allowed")
 
 
 class RunConfig(Section):
@@ -350,10 +389,19 @@ class SRLMConfig(Section):
     pairs: PairsConfig = PairsConfig()
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     eval_gate: EvalGateConfig = EvalGateConfig()
     run: RunConfig = RunConfig()
     services: ServicesConfig = ServicesConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @model_validator(mode="after")
+    def _gate_has_enough_prompts(self) -> "SRLMConfig":
+        held_out = self.evaluation.ifeval_prompts + self.evaluation.alpacaeval_prompts
+        if self.eval_gate.enabled and held_out < self.eval_gate.min_prompts:
+            raise ValueError(f"eval_gate.min_prompts: the gate needs {self.eval_gate.min_prompts} held-out prompts "
+                             f"but evaluation.ifeval_prompts + alpacaeval_prompts is {held_out}")
+        return self
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

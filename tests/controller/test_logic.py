@@ -2,33 +2,68 @@
 
 from __future__ import annotations
 
-from srlm.config import EvalGateConfig
+import pytest
+
+from srlm.config import ConfigError, EvalGateConfig, parse_config
 from srlm.controller.gate import decide
+from srlm.evaluation.suite import VersionEvaluation
 from srlm.controller.tracker import Tracker
 from srlm.runtime.records import meta
 from srlm.v1 import records_pb2
 
-GOOD = {"win_rate": 0.6, "ifeval_accuracy": 0.3, "ifeval_accuracy_current": 0.3, "ifeval_prompts": 4,
-        "length_ratio": 1.1}
+def estimate(value: float, half: float = 0.05, n: int = 100) -> dict:
+    return {"value": value, "low": value - half, "high": value + half, "n": n}
 
 
-def test_gate_promotes_when_every_check_passes():
-    promote, reason = decide(GOOD, EvalGateConfig())
-    assert promote and reason.startswith("promoted")
+def paired(diff: float, p: float) -> dict:
+    return {"diff": diff, "low": diff - 0.05, "high": diff + 0.05, "p_value": p, "n": 100, "method": "paired_bootstrap"}
 
 
-def test_gate_names_every_failed_check():
-    bad = {**GOOD, "win_rate": 0.2, "ifeval_accuracy": 0.1, "length_ratio": 2.0}
+def evidence(ifeval_diff=0.0, ifeval_p=1.0, win=0.5, win_p=1.0, length=100.0, length_diff=0.0) -> VersionEvaluation:
+    return VersionEvaluation(
+        "cand", baseline="serving",
+        metrics={"ifeval.prompt_strict": estimate(0.3 + ifeval_diff), "win_rate.vs_baseline": estimate(win),
+                 "win_rate.vs_baseline_lc": estimate(win), "length.mean_tokens": estimate(length)},
+        tests={"ifeval.prompt_strict": paired(ifeval_diff, ifeval_p), "win_rate.vs_baseline": paired(win - 0.5, win_p),
+               "length.mean_tokens": paired(length_diff, 0.5)})
+
+
+
+
+def test_gate_promotes_what_is_not_significantly_worse():
+    # worse on both, but not significantly: noise never changes the serving version
+    promote, reason = decide(evidence(ifeval_diff=-0.04, ifeval_p=0.30, win=0.45, win_p=0.20), EvalGateConfig())
+    assert promote and reason.startswith("promoted (not significantly worse)")
+    assert "p=0.300" in reason and "p=0.200" in reason
+
+
+def test_gate_rejects_significantly_worse_and_names_every_failed_check():
+    bad = evidence(ifeval_diff=-0.10, ifeval_p=0.01, win=0.30, win_p=0.001, length=250.0, length_diff=150.0)
     promote, reason = decide(bad, EvalGateConfig())
-    assert not promote
-    assert "win rate 0.20 < 0.5" in reason
-    assert "IFEval accuracy fell by 0.20" in reason
-    assert "length grew x2.00" in reason
+    assert not promote and reason.startswith("rejected")
+    assert "IFEval prompt-level strict accuracy significantly worse (-0.100, p=0.010 < 0.05)" in reason
+    assert "win rate 0.300 significantly below 0.5 (p=0.001 < 0.05)" in reason
+    assert "mean length grew x2.50 > x1.2" in reason
 
 
-def test_gate_ignores_ifeval_without_ifeval_prompts():
-    promote, _ = decide({**GOOD, "ifeval_prompts": 0, "ifeval_accuracy": 0.0}, EvalGateConfig())
-    assert promote
+def test_gate_alpha_and_drop_are_config():
+    ev = evidence(ifeval_diff=-0.03, ifeval_p=0.04)
+    assert not decide(ev, EvalGateConfig())[0]
+    assert decide(ev, EvalGateConfig(alpha=0.01))[0]
+    assert decide(ev, EvalGateConfig(max_ifeval_drop=0.05))[0]
+
+
+def test_gate_without_evidence_rejects():
+    ev = VersionEvaluation("cand", metrics={"length.mean_tokens": estimate(10.0)})
+    promote, reason = decide(ev, EvalGateConfig())
+    assert not promote and "no IFEval or head-to-head evidence" in reason
+
+
+def test_gate_needs_enough_prompts_at_startup():
+    with pytest.raises(ConfigError, match="eval_gate.min_prompts"):
+        parse_config({"evaluation": {"ifeval_prompts": 10, "alpacaeval_prompts": 5}}, environ={})
+    parse_config({"evaluation": {"ifeval_prompts": 10, "alpacaeval_prompts": 5}, "eval_gate": {"min_prompts": 15}},
+                 environ={})
 
 
 def judgment(prompt_id: str, kept: bool, iteration: int = 1) -> records_pb2.JudgmentSet:

@@ -76,7 +76,10 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
     [it] = state.iterations
     assert it.prompts >= 1 and it.judgment_sets == it.prompts
     assert it.promoted, it.gate_reason
-    assert {"win_rate", "ifeval_accuracy", "length_ratio"} <= set(it.metrics)
+    # the gate's evidence is recorded with its decision: figures, intervals, paired tests
+    assert {"ifeval.prompt_strict", "ifeval.prompt_strict_low", "win_rate.vs_baseline", "length.mean_tokens",
+            "vs_baseline.ifeval.prompt_strict_p", "vs_baseline.win_rate.vs_baseline_p"} <= set(it.metrics)
+    assert it.gate_reason.startswith("promoted (not significantly worse)")
     assert state.serving_version == f"{RUN_ID}.m2"
     assert store.status(f"{RUN_ID}.m2")[0] == "promoted"
     # Every training pair is on srlm.pairs once, and exactly those pairs trained M2.
@@ -101,9 +104,18 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
     assert all(secs >= 0 for secs in first["stage_seconds"].values())
     assert saved["sft_stage_seconds"]["sft"] > 0
     assert "eft_judge_parse_rate" in versions[f"{RUN_ID}.m1"].metrics  # the base model's, as judge
-    assert len(report["plots"]) == 5
+    assert len(report["plots"]) == 6 and "evaluation.png" in report["plots"]
     for png in report["plots"]:
         assert (tmp_path / "report" / png).stat().st_size > 1000
+    # every version of the run through the evaluation suite, with intervals, in the report
+    evaluated = {e["version"]: e for e in saved["evaluation"]}
+    assert set(evaluated) == set(versions)
+    assert evaluated[f"{RUN_ID}.m2"]["baseline"] == f"{RUN_ID}.m1"
+    for name in ("ifeval.prompt_strict", "win_rate.vs_reference", "judge.pairwise_accuracy", "length.mean_tokens"):
+        e = evaluated[f"{RUN_ID}.m2"]["metrics"][name]
+        assert e["low"] <= e["value"] <= e["high"]
+    table = (tmp_path / "report" / "evaluation.md").read_text()
+    assert f"{RUN_ID}.m2 (vs {RUN_ID}.m1)" in table and "ifeval.prompt_strict" in table and "p=" in table
 
 
 def test_inspect_pair_shows_provenance(undisturbed):

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 from srlm.config import SRLMConfig
 from srlm.controller.gate import GateResult, evaluate
 from srlm.controller.tracker import Tracker
+from srlm.evaluation.suite import EvaluationSuite
 from srlm.judge.stage import Judge
 from srlm.models.importer import import_base_model
 from srlm.models.store import ModelStore
@@ -249,9 +250,8 @@ class RunDriver:
     def _eval(self, state, cfg: SRLMConfig) -> bool:
         it = self._current(state)
         if cfg.eval_gate.enabled:
-            judge_version = it.input_version if cfg.eval_gate.judge_version == "current" else cfg.eval_gate.judge_version
-            result = evaluate(self.judge(), it.output_version, it.input_version, judge_version, cfg.eval_gate,
-                              seed=cfg.run.seed + state.iteration)
+            suite = EvaluationSuite(cfg, self.store, self.judge().host, base_version=version_id(state.run_id, 0))
+            result = evaluate(suite, it.output_version, it.input_version, cfg.eval_gate)
         else:
             result = GateResult(True, "promoted: eval gate disabled")
         it.promoted = result.promote

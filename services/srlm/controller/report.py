@@ -143,7 +143,8 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     def lengths(ax):
         ax.plot(labels, [i["mean_chosen_tokens"] or 0 for i in its], marker="o", label="chosen")
         ax.plot(labels, [i["mean_rejected_tokens"] or 0 for i in its], marker="o", label="rejected")
-        ax.plot(labels, [i["gate_metrics"].get("mean_length", 0) for i in its], marker="s", label="eval (new version)")
+        ax.plot(labels, [i["gate_metrics"].get("length.mean_tokens", 0) for i in its], marker="s",
+                label="eval (new version)")
         ax.set(title="Response length (tokens)", ylabel="tokens")
         ax.legend()
     made.append(_plot(out / "lengths.png", lengths))
@@ -163,8 +164,10 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     made.append(_plot(out / "training.png", training))
 
     def evals(ax):
-        ax.plot(labels, [i["gate_metrics"].get("win_rate", 0) for i in its], marker="o", label="win rate vs M_t")
-        ax.plot(labels, [i["gate_metrics"].get("ifeval_accuracy", 0) for i in its], marker="o", label="IFEval (new)")
+        ax.plot(labels, [i["gate_metrics"].get("win_rate.vs_baseline", 0) for i in its], marker="o",
+                label="win rate vs M_t (fixed judge)")
+        ax.plot(labels, [i["gate_metrics"].get("ifeval.prompt_strict", 0) for i in its], marker="o",
+                label="IFEval strict (new)")
         ax.plot(labels, [i["judge_parse_rate"] or 0 for i in its], marker="s", label="judge parse rate")
         ax.set(title="Eval gate and judge parse rate", ylim=(0, 1.05))
         ax.legend()
@@ -173,12 +176,23 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
 
 
 def write_report(config: SRLMConfig, state: records_pb2.RunState, out: Path, wall_seconds: float | None = None,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``extra``: what the caller measured besides the topics (e.g. the stack's peak memory)."""
+                 extra: dict[str, Any] | None = None, evaluate: bool = True) -> dict[str, Any]:
+    """``extra``: what the caller measured besides the topics (e.g. the stack's peak memory).
+    ``evaluate``: run every version of the run through the evaluation suite (table and plot)."""
     out.mkdir(parents=True, exist_ok=True)
     report = collect(config, state)
     report["wall_seconds"] = wall_seconds
     report.update(extra or {})
     report["plots"] = plots(report, out)
+    if evaluate:
+        from srlm.evaluation import report as evaluation
+        from srlm.runtime.runconfig import from_yaml
+
+        evaluations = evaluation.evaluate_run(config, state.run_id, from_yaml(state.config_yaml, config))
+        if evaluations:
+            report["evaluation"] = [ev.as_dict() for ev in evaluations]
+            report["evaluation_table"] = evaluation.table(evaluations)
+            (out / "evaluation.md").write_text(report["evaluation_table"] + "\n")
+            report["plots"].append(evaluation.plot(evaluations, out / "evaluation.png"))
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

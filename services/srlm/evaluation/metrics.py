@@ -142,6 +142,41 @@ def bootstrap_ci(values: ArrayLike, *, confidence: float = 0.95, resamples: int 
     return Estimate(value=value, low=low, high=high, n=int(arr.size))
 
 
+def item_bootstrap_ci(items: Sequence, statistic: Callable[[Sequence], float], *, confidence: float = 0.95,
+                      resamples: int = 2000, seed: int = 0) -> Estimate:
+    """``statistic(items)`` for any per-item records (e.g. (better, worse) score pairs), with a
+    percentile-bootstrap interval from resampling the items, seeded."""
+    _check_bootstrap_args(confidence, resamples)
+    items = list(items)
+    if not items:
+        raise ValueError("items: empty input")
+    value = float(statistic(items))
+    if len(items) == 1:
+        return Estimate(value=value, low=value, high=value, n=1)
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic([items[i] for i in rng.integers(0, len(items), len(items))])
+                      for _ in range(resamples)], dtype=float)
+    stats = stats[~np.isnan(stats)]  # a resample the statistic is undefined on (e.g. all denominators 0)
+    low, high = _percentiles(stats, confidence) if stats.size else (value, value)
+    return Estimate(value=value, low=low, high=high, n=len(items))
+
+
+def ratio_ci(numerators: ArrayLike, denominators: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000,
+             seed: int = 0) -> Estimate:
+    """sum(numerators) / sum(denominators) (e.g. instructions followed / instructions, per prompt) with a
+    bootstrap interval over the items; n is the number of items."""
+    num, den = _pair(numerators, denominators, ("numerators", "denominators"))
+    if (den < 0).any() or den.sum() <= 0:
+        raise ValueError("denominators must be >= 0 with a positive sum")
+    pairs = list(zip(num.tolist(), den.tolist()))
+
+    def ratio(items: Sequence[tuple[float, float]]) -> float:
+        total = sum(d for _, d in items)
+        return sum(n for n, _ in items) / total if total else float("nan")
+
+    return item_bootstrap_ci(pairs, ratio, confidence=confidence, resamples=resamples, seed=seed)
+
+
 def _paired_interval(diffs: np.ndarray, confidence: float, resamples: int,
                      seed: int) -> tuple[float, float, np.ndarray | None]:
     """The percentile interval of the mean paired difference, and the bootstrap means (None when constant)."""

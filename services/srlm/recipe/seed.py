@@ -392,6 +392,8 @@ def load_seed_data(cfg: SeedDataConfig) -> SeedData:
         records = read_alpacaeval(cfg.alpacaeval_subsets)
         ift = ift_examples_from_alpacaeval(records)
         eft = eft_candidates_from_alpacaeval(records)
+    if cfg.eft_max_answer_words is not None:
+        eft = [c for c in eft if all(len(a.text.split()) <= cfg.eft_max_answer_words for a in c.answers)]
     eft_train, eft_eval = split_heldout(eft, cfg.eft_eval_fraction)
     held = {c.prompt_id for c in eft_eval}
     ift = [e for e in ift if e.example_id not in held][: cfg.max_ift]

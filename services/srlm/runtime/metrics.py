@@ -15,3 +15,5 @@ JUDGE_PARSE_RATE = Gauge("srlm_judge_parse_rate", "Share of judge samples with a
 MODEL_VERSION = Info("srlm_model", "Model version currently served")
 MODEL_LOAD_SECONDS = Histogram("srlm_model_load_seconds", "Time to load a model version", ["service"],
                                buckets=(0.5, 1, 2, 5, 10, 20, 60, 120))
+EVAL_METRIC = Gauge("srlm_eval_metric", "Evaluation suite figure of a model version (value and its 95% interval)",
+                    ["version", "metric", "bound"])

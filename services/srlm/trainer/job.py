@@ -260,8 +260,8 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
     progress = ProgressCallback(progress_cb)
     trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress])
     dropped = len(examples) - len(trainer.train_dataset)
-    if dropped:  # TRL drops examples left with nothing to learn from after truncation to max_length
-        log.warning("%d of %d examples have no answer tokens within max_length %d and are not trained on",
+    if dropped:  # examples that do not fit max_length (their target would be cut) are left out
+        log.warning("%d of %d examples do not fit max_length %d and are not trained on",
                     dropped, len(examples), cfg.max_length)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = summarize(trainer, result.metrics, progress, summary_keys)

@@ -17,11 +17,24 @@ from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, se
                               training_arguments)
 
 
+def fitting_examples(examples: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """The examples whose prompt and completion fit ``max_length`` tokens. TRL truncates the end
+    of a longer one, which is its target: an EFT example would lose its verdict and teach the
+    judge to stop before the score."""
+    fit = [e for e in examples
+           if len(tokenizer.apply_chat_template(e["prompt"] + e["completion"], tokenize=True, return_dict=True)
+                  ["input_ids"]) <= max_length]
+    if not fit:
+        raise ValueError(f"no SFT example fits sft.max_length {max_length}")
+    return fit
+
+
 def build_sft_trainer(model_dir: Path, examples: list[dict], cfg: SFTConfig, *, output_dir: Path, seed: int,
                       callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
     """TRL's SFTTrainer on prompt-completion examples: prompt tokens are masked out of the labels."""
     set_logprob_tile(cfg)
     model, tokenizer = load_model(model_dir, cfg)
+    examples = fitting_examples(examples, tokenizer, cfg.max_length)
     args = TRLSFTConfig(**training_arguments(cfg, output_dir=output_dir, seed=seed), completion_only_loss=True)
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
                       peft_config=lora_config(cfg), callbacks=list(callbacks))

@@ -1,0 +1,121 @@
+"""The evaluation suite and the eval gate on the real SmolLM2 model, at a small size.
+
+Every figure is present and in range, results are cached in the store and reused, the gate
+promotes an identical copy of the serving version as "not worse" and rejects a version that
+was trained to answer in one word."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+
+import pytest
+
+from srlm.config import SRLMConfig
+from srlm.controller.gate import evaluate as gate_evaluate
+from srlm.evaluation import report
+from srlm.evaluation.suite import PARTS, EvaluationSuite
+from srlm.recipe.seed import load_seed_data
+from srlm.runtime.model_host import ModelHost
+from srlm.trainer.sft import train_sft
+
+pytestmark = [pytest.mark.model]
+
+SMALL = {
+    "evaluation": {"ifeval_prompts": 40, "alpacaeval_prompts": 8, "max_tokens": 48, "preference_eft_pairs": 3,
+                   "preference_ifeval_pairs": 1, "preference_ifeval_samples": 2, "preference_max_tokens": 32,
+                   "robustness_responses": 2, "bootstrap_resamples": 500},
+    "judge": {"max_tokens": 24, "forced_verdict": True},
+    "seed_data": {"eft_max_answer_words": 120},
+    "eval_gate": {"min_prompts": 48},
+}
+
+
+def _copy_version(store, source: str, target: str, parent: str) -> None:
+    if store.exists(target):
+        return
+    with store.staging(target) as staged:
+        for f in store.path(source).iterdir():
+            if f.name != "manifest.json":
+                shutil.copy2(f, staged / f.name)
+        store.publish(staged, version_id=target, parent_id=parent, run_id=None, iteration=1, kind="sft")
+
+
+@pytest.fixture(scope="module")
+def suite(m0, tmp_path_factory):
+    store, manifest = m0
+    config = SRLMConfig.model_validate({**SMALL, "model_store": {"root": str(store.root)}})
+    _copy_version(store, "m0", "eval-copy", parent="m0")
+    if not store.exists("eval-one-word"):
+        # a damaged candidate: the base model fine-tuned to answer every instruction with "Yes."
+        rows = [{"prompt": e.messages[-1]["content"], "completion": "Yes."}
+                for e in load_seed_data(config.seed_data).ift[:48]]
+        cfg = config.sft.model_copy(update={"learning_rate": 2e-4, "final_learning_rate": 1e-4, "max_steps": 12,
+                                            "batch_size": 8, "per_device_batch_size": 8, "max_length": 128,
+                                            "gradient_checkpointing": False, "precision": "fp32"})
+        train_sft(store, "m0", "eval-one-word", rows, cfg, run_id=None,
+                  work_dir=tmp_path_factory.mktemp("one-word"), seed=0)
+    host = ModelHost("eval-test", config, store)
+    yield EvaluationSuite(config, store, host, base_version=manifest.version_id)
+    host.close()
+
+
+def test_every_figure_present_in_range_and_cached(suite):
+    start = time.perf_counter()
+    ev = suite.evaluate("eval-copy", baseline="m0", parts=PARTS)
+    first = time.perf_counter() - start
+    for name in ("ifeval.prompt_strict", "ifeval.prompt_loose", "ifeval.instruction_strict",
+                 "ifeval.instruction_loose", "win_rate.vs_baseline", "win_rate.vs_reference", "judge.forced_share",
+                 "judge.pairwise_accuracy", "length.mean_tokens"):
+        e = ev.metrics[name]
+        assert e["low"] <= e["value"] <= e["high"], (name, e)
+        if name != "length.mean_tokens":
+            assert 0.0 <= e["low"] and e["high"] <= 1.0, (name, e)
+    assert ev.metrics["ifeval.prompt_strict"]["n"] == 40
+    assert ev.metrics["length.mean_tokens"]["n"] == 48
+    assert 0 < ev.metrics["length.mean_tokens"]["value"] <= 48
+    # the copy answers exactly as its baseline (greedy): no difference, no evidence of one
+    assert ev.tests["ifeval.prompt_strict"]["diff"] == 0.0 and ev.tests["ifeval.prompt_strict"]["p_value"] == 1.0
+    # both orders cancel position bias: identical answers are a tie, whatever the judge's bias
+    assert ev.metrics["win_rate.vs_baseline"]["value"] == pytest.approx(0.5, abs=1e-6)
+    for name in ("judge.spearman", "judge.kendall", "robustness.injected_score_lift", "robustness.plea_lift"):
+        if name in ev.metrics:
+            assert -5.0 <= ev.metrics[name]["value"] <= 5.0
+    assert "robustness.injected_score_lift" in ev.metrics
+    # an injected verdict is removed before the judge reads the response: no lift at all
+    assert abs(ev.metrics["robustness.injected_score_lift"]["value"]) <= 0.1
+    assert sum(ev.score_distribution.values()) > 0
+    assert ev.judge == "version:m0"
+
+    # cached: the raw results are in the store, and a second evaluation does no model work
+    assert any((suite.cache.root / "eval-copy").glob("answers-*.json"))
+    assert any((suite.cache.root / "eval-copy").glob("judge-*.json"))
+    start = time.perf_counter()
+    again = suite.evaluate("eval-copy", baseline="m0", parts=PARTS)
+    assert again.metrics == ev.metrics
+    assert time.perf_counter() - start < first / 5
+    # the table and the plot show every version with intervals
+    text = report.table([suite.evaluate("m0", parts=("ifeval",)), ev])
+    assert "ifeval.prompt_strict" in text and "p=1.000" in text and "[" in text
+    for value in (ev.metrics["ifeval.prompt_strict"]["low"], ev.metrics["ifeval.prompt_strict"]["high"]):
+        assert math.isfinite(value)
+
+
+def test_gate_promotes_an_identical_copy(suite):
+    result = gate_evaluate(suite, "eval-copy", "m0", suite.config.eval_gate)
+    assert result.promote, result.reason
+    assert result.reason.startswith("promoted (not significantly worse)")
+    assert result.metrics["eval_prompts"] == 48
+    assert result.metrics["vs_baseline.ifeval.prompt_strict_p"] == 1.0
+
+
+def test_gate_rejects_a_one_word_model(suite):
+    answers = suite.answers("eval-one-word")
+    assert sum(len(a["text"].split()) <= 2 for a in answers.values()) >= 0.8 * len(answers), \
+        "the damaged candidate should answer in one word"
+    result = gate_evaluate(suite, "eval-one-word", "m0", suite.config.eval_gate)
+    assert not result.promote, result.reason
+    assert "significantly" in result.reason and "p=" in result.reason
+    # the evidence is recorded with the decision
+    assert result.metrics["vs_baseline.ifeval.prompt_strict_diff"] < 0 or result.metrics["win_rate.vs_baseline"] < 0.5

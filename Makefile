@@ -7,7 +7,10 @@ VENV ?= $(CACHE)/venv
 CONFIG ?= configs/tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install test run protos bench
+EVAL_CONFIG ?= configs/small.yaml
+RUN ?= latest
+
+.PHONY: install test run curve eval protos bench
 
 install:
 	deploy/bootstrap.sh
@@ -17,6 +20,14 @@ test: install
 
 run: install
 	$(VENV)/bin/srlm run --up --config $(CONFIG)
+
+# the measured curve: configs/small.yaml (M0 -> M3, about 90 minutes here), then its table
+curve: install
+	$(VENV)/bin/srlm run --up --config $(EVAL_CONFIG)
+
+# the evaluation suite's table (95% intervals, paired tests vs each parent) for every version of a run
+eval: install
+	$(VENV)/bin/srlm eval --config $(EVAL_CONFIG) --run $(RUN)
 
 protos: install
 	$(VENV)/bin/python protos/generate.py

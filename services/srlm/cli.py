@@ -87,6 +87,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config = _config(args)
     store = ModelStore(config.model_store.root)
+    if args.run:
+        run = args.run
+        if run == "latest":
+            runs = [m.run_id for m in store.list() if m.run_id]
+            if not runs:
+                print(f"srlm eval: no run in {store.root}", file=sys.stderr)
+                return 2
+            run = runs[-1]
+        args.versions = [m.version_id for m in store.list(run)]
+        if not args.versions:
+            print(f"srlm eval: run {run!r} has no model version in {store.root}", file=sys.stderr)
+            return 2
     for v in [*args.versions, args.baseline, args.base]:
         if v and not store.exists(v):
             print(f"srlm eval: no model version {v!r} in {store.root}", file=sys.stderr)
@@ -171,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = with_config(sub.add_parser("eval", help="the evaluation suite for model versions, with intervals"))
-    p.add_argument("--versions", nargs="+", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--versions", nargs="+")
+    which.add_argument("--run", help="every version of this run ('latest': the newest run in the store)")
     p.add_argument("--suite", default="ifeval,head_to_head,judge,robustness",
                    help="comma-separated parts: ifeval, head_to_head, judge, robustness")
     p.add_argument("--baseline", default=None, help="compare every version with this one (default: its parent)")

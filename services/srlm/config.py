@@ -265,6 +265,9 @@ class SeedDataConfig(Section):
     eft_balance_scores: bool = Field(True, description="paper: down-sample the most common EFT scores so scores are evenly represented")
     eft_judge_attempts: int = Field(3, ge=1, description="judge samples tried per EFT answer set before it is dropped")
     eft_answer_max_tokens: int = Field(256, ge=1, description="length of the model answers EFT compares with the reference")
+    eft_rationale_max_tokens: int | None = Field(
+        None, ge=1, description="None: judge.max_tokens. The base model's judgments that become EFT targets are cut "
+        "here; below judge.max_tokens, the SFT model learns rationales short enough to reach its verdict")
     eft_max_answer_words: int | None = Field(
         None, ge=1, description="paper: no limit. EFT prompts with a longer answer are left out (train and eval "
         "split alike): a judge prompt longer than sft.max_length would lose its target, the verdict, to truncation")
@@ -289,6 +292,10 @@ class EvaluationConfig(Section):
     judge: str = Field("base", description="FIXED judge of head-to-head comparisons, never the candidate: 'base' "
                                            "(the run's M0, never trained), a model version id, or the base URL of "
                                            "an OpenAI-compatible server (e.g. a vLLM server: http://host:8000/v1)")
+    judge_method: Literal["pairwise", "pointwise"] = Field(
+        "pairwise", description="a version judge: 'pairwise' (both responses in one prompt, asked in both orders) or "
+        "'pointwise' (each response alone with the paper's prompt, the expected verdict; no position bias). An "
+        "endpoint judge is always pairwise")
     judge_model: str | None = Field(None, description="model name at the judge endpoint (None: its first model)")
     judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the endpoint's key")
     judge_timeout_s: float = Field(120, gt=0)
@@ -303,6 +310,8 @@ class EvaluationConfig(Section):
     preference_ifeval_samples: int = Field(4, ge=2, description="base-model samples per IFEval prompt for that set")
     preference_max_tokens: int = Field(256, ge=1, description="length of the base model's answers in the judge set")
     robustness_responses: int = Field(50, ge=0, description="responses scored again with an injected verdict / plea")
+    judge_samples: int | None = Field(None, ge=1, description="judgments per response when a version is evaluated "
+                                                              "as the self-judge; None: judge.num_judgments")
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
     seed: int = 0

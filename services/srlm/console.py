@@ -87,6 +87,8 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
         out = Path(report_dir or Path("runs") / "reports" / state.run_id)
         extra = {"peak_rss_gib": memory.gib()} if memory else {}
         report = write_report(config, state, out, wall_seconds=time.monotonic() - started, extra=extra)
+        if report.get("evaluation_table"):
+            console.print(report["evaluation_table"], markup=False, highlight=False)
         console.print(f"run {state.run_id}: {_stage(state.stage)} in {time.monotonic() - started:.0f}s; "
                       f"serving {state.serving_version}; report {out / 'report.json'} ({len(report['plots'])} plots)"
                       + (f"; peak memory {memory.gib()['total']:.1f} GiB" if memory else ""))

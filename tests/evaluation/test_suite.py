@@ -15,6 +15,7 @@ import pytest
 from srlm.config import SRLMConfig
 from srlm.controller.gate import evaluate as gate_evaluate
 from srlm.evaluation import report
+from srlm.evaluation.pairwise import ModelPairwiseJudge, preferences
 from srlm.evaluation.suite import PARTS, EvaluationSuite
 from srlm.recipe.seed import load_seed_data
 from srlm.runtime.model_host import ModelHost
@@ -119,3 +120,19 @@ def test_gate_rejects_a_one_word_model(suite):
     assert "significantly" in result.reason and "p=" in result.reason
     # the evidence is recorded with the decision
     assert result.metrics["vs_baseline.ifeval.prompt_strict_diff"] < 0 or result.metrics["win_rate.vs_baseline"] < 0.5
+
+
+def test_pointwise_fixed_judge_is_order_free(suite):
+    """The pointwise judge scores each response alone (expected verdict of the paper's prompt):
+    swapping the pair mirrors the preference, identical answers tie, scores lie on the scale."""
+    judge = ModelPairwiseJudge(suite.host, "m0", method="pointwise")
+    items = [("What is the capital of France?", "The capital of France is Paris.", "I like turtles."),
+             ("List three primary colors.", "Red, blue and yellow.", "Red, blue and yellow.")]
+    forward = judge.prob_first(items)
+    backward = judge.prob_first([(p, b, a) for p, a, b in items])
+    assert [f + b for f, b in zip(forward, backward)] == [1.0, 1.0]
+    assert forward[1] == 0.5 and preferences(judge, items)[1] == 0.5
+    assert all(0.0 <= s <= 5.0 for s in judge.expected_scores([(p, a) for p, a, _ in items]))
+    assert judge.name == "version:m0/pointwise"
+    with pytest.raises(ValueError, match="unknown judge method"):
+        ModelPairwiseJudge(suite.host, "m0", method="listwise")

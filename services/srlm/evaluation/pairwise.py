@@ -21,7 +21,7 @@ import urllib.request
 from typing import Protocol, Sequence
 
 from srlm.models.engines import Conversation
-from srlm.recipe.judge import neutralise_response
+from srlm.recipe.judge import build_judge_messages, neutralise_response
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's instruction and decide which one is better: more \
 helpful, correct and relevant, and following every instruction it gives. Do not let the order of the \
@@ -58,29 +58,52 @@ class PairwiseJudge(Protocol):
 
 
 def preferences(judge: PairwiseJudge, items: Sequence[tuple[str, str, str]]) -> list[float]:
-    """P(first response wins) per (prompt, first, second), averaged over both orders."""
+    """P(first response wins) per (prompt, first, second), averaged over both orders (a judge
+    that scores each response on its own has no order to cancel)."""
     forward = judge.prob_first(items)
+    if getattr(judge, "order_free", False):
+        return forward
     backward = judge.prob_first([(p, b, a) for p, a, b in items])
     return [(f + (1.0 - r)) / 2.0 for f, r in zip(forward, backward, strict=True)]
 
 
 class ModelPairwiseJudge:
-    """A model version in the store as the judge, through a ``ModelHost`` (same engines as serving)."""
+    """A model version in the store as the judge, through a ``ModelHost`` (same engines as serving).
 
-    def __init__(self, host, version_id: str) -> None:
+    ``method="pairwise"``: the comparison prompt, P(A) against P(B) as the next token.
+    ``method="pointwise"``: each response alone with the paper's judge prompt; its expected
+    verdict under the judge's distribution over 0..5 right after "Score:" (no sampling), and
+    the higher expectation wins (equal: a tie). A small judge that picks "A" whatever comes
+    first (SmolLM2-135M: P(A) ~0.8 in both orders) still tells answers apart this way.
+    """
+
+    def __init__(self, host, version_id: str, method: str = "pairwise", max_score: int = 5) -> None:
+        if method not in ("pairwise", "pointwise"):
+            raise ValueError(f"unknown judge method {method!r}: expected 'pairwise' or 'pointwise'")
         self.host = host
         self.version_id = version_id
-        self.name = f"version:{version_id}"
+        self.method = method
+        self.max_score = max_score
+        self.order_free = method == "pointwise"
+        self.name = f"version:{version_id}" + ("" if method == "pairwise" else f"/{method}")
+
+    def expected_scores(self, items: Sequence[tuple[str, str]]) -> list[float]:
+        """The judge's expected verdict for each (prompt, response)."""
+        self.host.load(self.version_id)
+        convs = [build_judge_messages(p, r) for p, r in items]
+        probs, _, _ = self.host.label_probabilities(convs, ["Score:"] * len(convs),
+                                                    tuple(str(k) for k in range(self.max_score + 1)))
+        return [sum(k * q for k, q in enumerate(p)) for p in probs]
 
     def prob_first(self, items: Sequence[tuple[str, str, str]]) -> list[float]:
         if not items:
             return []
+        if self.method == "pointwise":
+            scores = self.expected_scores([(p, r) for p, a, b in items for r in (a, b)])
+            return [1.0 if a > b + 1e-9 else 0.0 if b > a + 1e-9 else 0.5 for a, b in zip(scores[::2], scores[1::2])]
         self.host.load(self.version_id)
         convs = [pairwise_messages(p, a, b) for p, a, b in items]
-        try:  # tokenizers with a single-token " A" ...
-            probs = self.host.choice_probabilities(convs, [ANSWER_PREFIX] * len(convs), (" A", " B"))
-        except ValueError:  # ... or a space token first
-            probs = self.host.choice_probabilities(convs, [ANSWER_PREFIX + " "] * len(convs), ("A", "B"))
+        probs, _, _ = self.host.label_probabilities(convs, [ANSWER_PREFIX] * len(convs), ("A", "B"))
         return [p[0] for p in probs]
 
 
@@ -143,9 +166,9 @@ class EndpointPairwiseJudge:
         return [self._one(p, a, b) for p, a, b in items]
 
 
-def make_pairwise_judge(spec: str, host, *, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                        timeout_s: float = 120) -> PairwiseJudge:
-    """``spec`` is a resolved version id or an ``http(s)://`` endpoint base URL."""
+def make_pairwise_judge(spec: str, host, *, method: str = "pairwise", model: str | None = None,
+                        api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120) -> PairwiseJudge:
+    """``spec`` is a resolved version id or an ``http(s)://`` endpoint base URL (always pairwise)."""
     if spec.startswith(("http://", "https://")):
         return EndpointPairwiseJudge(spec, model, os.environ.get(api_key_env), timeout_s)
-    return ModelPairwiseJudge(host, spec)
+    return ModelPairwiseJudge(host, spec, method)

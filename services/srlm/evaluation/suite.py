@@ -140,7 +140,8 @@ class EvaluationSuite:
 
     def pairwise_judge(self) -> PairwiseJudge:
         if self._pairwise is None:
-            self._pairwise = make_pairwise_judge(self.judge_name(), self.host, model=self.cfg.judge_model,
+            self._pairwise = make_pairwise_judge(self.judge_name(), self.host, method=self.cfg.judge_method,
+                                                 model=self.cfg.judge_model,
                                                  api_key_env=self.cfg.judge_api_key_env,
                                                  timeout_s=self.cfg.judge_timeout_s)
         return self._pairwise
@@ -201,7 +202,7 @@ class EvaluationSuite:
         params = SamplingParams(n=self.cfg.preference_ifeval_samples, temperature=self.config.sampling.temperature,
                                 top_p=self.config.sampling.top_p, max_tokens=self.cfg.preference_max_tokens)
         out: list[dict[str, str]] = []
-        chunk = max(8, want)
+        chunk = max(4, want)
         for start in range(0, len(pool), chunk):
             batch = pool[start:start + chunk]
             _, results = self.host.generate([[{"role": "user", "content": p.text}] for p in batch],
@@ -215,7 +216,7 @@ class EvaluationSuite:
                                 "worse": texts[passed.index(False)], "source": "ifeval"})
                     if len(out) >= want:
                         return out
-            if start + chunk >= 4 * want * 8:  # give up after ~32 prompts per wanted pair
+            if start + chunk >= 4 * want:  # give up after 4 prompts per wanted pair
                 break
         return out
 
@@ -259,7 +260,7 @@ class EvaluationSuite:
         return Judge(self.host, self.config)
 
     def _score(self, judge: Judge, version: str, prompt: str, responses: list[str], seed: int):
-        params = judge.params(None, seed)
+        params = judge.params(records_pb2.SamplingParams(n=self.cfg.judge_samples or 0), seed)
         _, judged = judge.score(prompt, responses, params, version_id=version)
         return judged
 
@@ -273,7 +274,7 @@ class EvaluationSuite:
     def judge_quality(self, version: str) -> list[dict[str, Any]]:
         """The version as the self-judge (the paper's prompt and settings) on the held-out judge set."""
         j = self.config.judge
-        name = f"judge-{_key(_key(self.preference_set()), j.model_dump(mode='json'), self.cfg.seed)}"
+        name = f"judge-{_key(_key(self.preference_set()), j.model_dump(mode='json'), self.cfg.judge_samples, self.cfg.seed)}"
         cached = self.cache.get(version, name)
         if cached is not None:
             return cached
@@ -289,7 +290,7 @@ class EvaluationSuite:
     def robustness(self, version: str) -> list[dict[str, Any]]:
         """Scores of the judge set's worse responses as they are and with each injection, each
         judged alone with the same seed (so only the text differs)."""
-        key = _key(_key(self.preference_set()), self.config.judge.model_dump(mode="json"),
+        key = _key(_key(self.preference_set()), self.config.judge.model_dump(mode="json"), self.cfg.judge_samples,
                    self.cfg.robustness_responses, self.cfg.seed, INJECTIONS)
         name = f"robust-{key}"
         cached = self.cache.get(version, name)

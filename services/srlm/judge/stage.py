@@ -43,14 +43,8 @@ class Judge:
             return outputs, set()
         convs = [conversations[i] for i, _ in todo]
         texts = [outputs[i][k].rstrip() + "\nScore:" for i, k in todo]
-        try:  # tokenizers with single-token " 3" (Llama 3) ...
-            points = tuple(f" {p}" for p in range(self.config.judge.max_score + 1))
-            prefixes = texts
-            probs = self.host.choice_probabilities(convs, prefixes, points)
-        except ValueError:  # ... or a space token, then the digit (SmolLM2, Llama 2)
-            points = tuple(str(p) for p in range(self.config.judge.max_score + 1))
-            prefixes = [t + " " for t in texts]
-            probs = self.host.choice_probabilities(convs, prefixes, points)
+        probs, prefixes, points = self.host.label_probabilities(
+            convs, texts, tuple(str(p) for p in range(self.config.judge.max_score + 1)))
         rng = random.Random(params.seed)
         out = [list(texts) for texts in outputs]
         for (i, k), prefix, p in zip(todo, prefixes, probs):

@@ -82,6 +82,19 @@ class ModelHost:
                 raise RuntimeError(f"{self.service}: no model version loaded")
             return self._get_engine().choice_probabilities(conversations, prefixes, choices)
 
+    def label_probabilities(self, conversations: list[Conversation], prefixes: list[str], labels: tuple[str, ...]
+                            ) -> tuple[list[list[float]], list[str], tuple[str, ...]]:
+        """Probabilities of one-token ``labels`` (e.g. "A"/"B" or the digits of a verdict) after each
+        prefix: as " A" where the tokenizer has a single token for it (Llama 3), else as a space
+        token then "A" (SmolLM2, Llama 2). Returns the probabilities and the prefixes and
+        choices that were used, so a caller can write the chosen text."""
+        try:
+            return self.choice_probabilities(conversations, prefixes, tuple(f" {x}" for x in labels)), prefixes, \
+                tuple(f" {x}" for x in labels)
+        except ValueError:
+            spaced = [p + " " for p in prefixes]
+            return self.choice_probabilities(conversations, spaced, labels), spaced, labels
+
     def close(self) -> None:
         with self._lock:
             if self._engine is not None:

@@ -37,7 +37,9 @@ def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate
     j, template = config.judge, judge.template
     outputs = []  # outputs[candidate][answer][attempt]
     for c in candidates:
-        params = judge.params(records_pb2.SamplingParams(n=cfg.eft_judge_attempts), seed_for("eft-judge", seed, c.prompt_id))
+        params = judge.params(records_pb2.SamplingParams(n=cfg.eft_judge_attempts,
+                                                         max_tokens=cfg.eft_rationale_max_tokens or j.max_tokens),
+                              seed_for("eft-judge", seed, c.prompt_id))
         _, judged = judge.score(c.prompt, [a.text for a in c.answers], params)
         outputs.append([[s.output for s in jc.samples] for jc in judged])
     kept: list[SFTExample] = []

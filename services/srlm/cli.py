@@ -70,10 +70,18 @@ def cmd_models(args: argparse.Namespace) -> int:
                                      version_id=args.version_id, gguf_file=config.base_model.gguf_file)
         print(f"{manifest.version_id}: {store.path(manifest.version_id)}")
         return 0
+    from srlm.evaluation.suite import EvalCache
+
+    evaluations = EvalCache(store)
     for m in store.list(args.run):
         status, reason = store.status(m.version_id)
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(m.metrics.items())[:6])
         print(f"{m.version_id:24} {m.kind:5} parent={m.parent_id or '-':20} {status:11} {metrics} {reason}")
+        summary = evaluations.latest_summary(m.version_id)
+        if summary:  # the last evaluation's headline figures (srlm eval shows them all)
+            shown = [f"{k}={e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" for k, e in summary["metrics"].items()
+                     if k in ("ifeval.prompt_strict", "win_rate.vs_baseline", "judge.parse_rate")]
+            print(f"{'':24} evaluation: {', '.join(shown)}")
     return 0
 
 

@@ -61,7 +61,14 @@ def follow_run(controller: services_pb2_grpc.ControllerStub, trainer: services_p
                         progress.update(tasks[k], completed=p[key], total=p[total_key])
         finally:
             stop.set()
-    return controller.GetRun(services_pb2.GetRunRequest(run_id=run_id))
+    # The terminal event is announced while the controller saves the state; its GetRun snapshot
+    # follows a moment later.
+    deadline = time.monotonic() + 60
+    while True:
+        state = controller.GetRun(services_pb2.GetRunRequest(run_id=run_id))
+        if state.stage in (records_pb2.STAGE_DONE, records_pb2.STAGE_FAILED) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
 
 
 def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, work_dir: str,

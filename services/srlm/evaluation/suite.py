@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from srlm.config import SRLMConfig
 from srlm.evaluation import metrics as M
@@ -69,6 +69,15 @@ class EvalCache:
             return json.loads(self._path(version, name).read_text())
         except FileNotFoundError:
             return None
+
+    def get_or_compute(self, version: str, name: str, compute: Callable[[], Any]) -> Any:
+        cached = self.get(version, name)
+        return cached if cached is not None else self.put(version, name, compute())
+
+    def latest_summary(self, version: str) -> dict[str, Any] | None:
+        """The most recent figures written for ``version`` (any parts, any baseline)."""
+        summaries = sorted((self.root / version).glob("summary-*.json"), key=lambda p: p.stat().st_mtime)
+        return json.loads(summaries[-1].read_text()) if summaries else None
 
     def put(self, version: str, name: str, data: Any) -> Any:
         path = self._path(version, name)
@@ -150,15 +159,15 @@ class EvaluationSuite:
         """Greedy answers of ``version`` to the held-out prompts: prompt id -> text, tokens."""
         prompts = self.prompts()
         name = f"answers-{_key([p.prompt_id for p in prompts], self.cfg.max_tokens, self.config.engine.kind)}"
-        cached = self.cache.get(version, name)
-        if cached is not None:
-            return cached
-        params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=self.cfg.max_tokens)
-        _, results = self.host.generate([[{"role": "user", "content": p.text}] for p in prompts], params,
-                                        version_id=version)
-        out = {p.prompt_id: {"text": r.completions[0].text, "tokens": r.completions[0].num_tokens}
-               for p, r in zip(prompts, results)}
-        return self.cache.put(version, name, out)
+
+        def generate() -> dict[str, dict[str, Any]]:
+            params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=self.cfg.max_tokens)
+            _, results = self.host.generate([[{"role": "user", "content": p.text}] for p in prompts], params,
+                                            version_id=version)
+            return {p.prompt_id: {"text": r.completions[0].text, "tokens": r.completions[0].num_tokens}
+                    for p, r in zip(prompts, results)}
+
+        return self.cache.get_or_compute(version, name, generate)
 
     def preference_set(self) -> list[dict[str, str]]:
         """The held-out judge set, built once from the base model: (prompt, better, worse, source)."""
@@ -166,11 +175,7 @@ class EvaluationSuite:
         c, s = self.cfg, self.config.seed_data
         key = _key(c.preference_eft_pairs, c.preference_ifeval_pairs, c.preference_ifeval_samples,
                    c.preference_max_tokens, c.seed, s.model_dump(mode="json"))
-        name = f"prefset-{key}"
-        cached = self.cache.get(base, name)
-        if cached is not None:
-            return cached
-        return self.cache.put(base, name, self._eft_pairs(base) + self._ifeval_pairs(base))
+        return self.cache.get_or_compute(base, f"prefset-{key}", lambda: self._eft_pairs(base) + self._ifeval_pairs(base))
 
     def _eft_pairs(self, base: str) -> list[dict[str, str]]:
         """EFT eval split: the best-ranked answer vs the worst (AlpacaEval: reference vs base model)."""
@@ -206,7 +211,7 @@ class EvaluationSuite:
         for start in range(0, len(pool), chunk):
             batch = pool[start:start + chunk]
             _, results = self.host.generate([[{"role": "user", "content": p.text}] for p in batch],
-                                            SamplingParams(**{**params.__dict__, "seed": seed_for("eval-ifpairs", start)}),
+                                            replace(params, seed=seed_for("eval-ifpairs", start)),
                                             version_id=base)
             for p, r in zip(batch, results):
                 texts = [c.text for c in r.completions]
@@ -238,10 +243,9 @@ class EvaluationSuite:
         ``other`` None: AlpacaEval's reference answers (lengths in words, for both sides)."""
         judge = self.pairwise_judge()
         key = _key(other or "reference", judge.name, [p.prompt_id for p in self.prompts()], self.cfg.max_tokens)
-        name = f"h2h-{key}"
-        cached = self.cache.get(version, name)
-        if cached is not None:
-            return cached
+        return self.cache.get_or_compute(version, f"h2h-{key}", lambda: self._compare(judge, version, other))
+
+    def _compare(self, judge: PairwiseJudge, version: str, other: str | None) -> dict[str, dict[str, float]]:
         mine = self.answers(version)
         if other is None:
             prompts = [p for p in self.prompts() if p.reference]
@@ -253,8 +257,7 @@ class EvaluationSuite:
             theirs = {p.prompt_id: other_answers[p.prompt_id]["text"] for p in prompts}
             length = {p.prompt_id: mine[p.prompt_id]["tokens"] - other_answers[p.prompt_id]["tokens"] for p in prompts}
         prefs = preferences(judge, [(p.text, mine[p.prompt_id]["text"], theirs[p.prompt_id]) for p in prompts])
-        out = {p.prompt_id: {"win": w, "length_diff": float(length[p.prompt_id])} for p, w in zip(prompts, prefs)}
-        return self.cache.put(version, name, out)
+        return {p.prompt_id: {"win": w, "length_diff": float(length[p.prompt_id])} for p, w in zip(prompts, prefs)}
 
     def _judge(self) -> Judge:
         return Judge(self.host, self.config)
@@ -274,38 +277,38 @@ class EvaluationSuite:
     def judge_quality(self, version: str) -> list[dict[str, Any]]:
         """The version as the self-judge (the paper's prompt and settings) on the held-out judge set."""
         j = self.config.judge
-        name = f"judge-{_key(_key(self.preference_set()), j.model_dump(mode='json'), self.cfg.judge_samples, self.cfg.seed)}"
-        cached = self.cache.get(version, name)
-        if cached is not None:
-            return cached
-        judge = self._judge()
-        rows = []
-        for item in self.preference_set():
-            better, worse = self._score(judge, version, item["prompt"], [item["better"], item["worse"]],
-                                        seed_for("eval-judge", self.cfg.seed, item["id"]))
-            rows.append({"id": item["id"], "source": item["source"], "better": self._summary(better),
-                         "worse": self._summary(worse)})
-        return self.cache.put(version, name, rows)
+        key = _key(_key(self.preference_set()), j.model_dump(mode="json"), self.cfg.judge_samples, self.cfg.seed)
+
+        def judge_all() -> list[dict[str, Any]]:
+            judge, rows = self._judge(), []
+            for item in self.preference_set():
+                better, worse = self._score(judge, version, item["prompt"], [item["better"], item["worse"]],
+                                            seed_for("eval-judge", self.cfg.seed, item["id"]))
+                rows.append({"id": item["id"], "source": item["source"], "better": self._summary(better),
+                             "worse": self._summary(worse)})
+            return rows
+
+        return self.cache.get_or_compute(version, f"judge-{key}", judge_all)
 
     def robustness(self, version: str) -> list[dict[str, Any]]:
         """Scores of the judge set's worse responses as they are and with each injection, each
         judged alone with the same seed (so only the text differs)."""
         key = _key(_key(self.preference_set()), self.config.judge.model_dump(mode="json"), self.cfg.judge_samples,
                    self.cfg.robustness_responses, self.cfg.seed, INJECTIONS)
-        name = f"robust-{key}"
-        cached = self.cache.get(version, name)
-        if cached is not None:
-            return cached
-        judge = self._judge()
-        rows = []
-        for item in self.preference_set()[: self.cfg.robustness_responses]:
-            seed = seed_for("eval-robust", self.cfg.seed, item["id"])
-            row = {"id": item["id"]}
-            for variant, template in {"original": "{response}", **INJECTIONS}.items():
-                [jc] = self._score(judge, version, item["prompt"], [template.replace("{response}", item["worse"])], seed)
-                row[variant] = jc.mean_score if jc.num_parsed else None
-            rows.append(row)
-        return self.cache.put(version, name, rows)
+
+        def inject_all() -> list[dict[str, Any]]:
+            judge, rows = self._judge(), []
+            for item in self.preference_set()[: self.cfg.robustness_responses]:
+                seed = seed_for("eval-robust", self.cfg.seed, item["id"])
+                row = {"id": item["id"]}
+                for variant, template in {"original": "{response}", **INJECTIONS}.items():
+                    [jc] = self._score(judge, version, item["prompt"], [template.replace("{response}", item["worse"])],
+                                       seed)
+                    row[variant] = jc.mean_score if jc.num_parsed else None
+                rows.append(row)
+            return rows
+
+        return self.cache.get_or_compute(version, f"robust-{key}", inject_all)
 
     # ------------------------------------------------------------------ figures
 

@@ -17,6 +17,7 @@ from srlm.controller.gate import evaluate as gate_evaluate
 from srlm.evaluation import report
 from srlm.evaluation.pairwise import ModelPairwiseJudge, preferences
 from srlm.evaluation.suite import PARTS, EvaluationSuite
+from srlm.judge.stage import Judge
 from srlm.recipe.seed import load_seed_data
 from srlm.runtime.model_host import ModelHost
 from srlm.trainer.sft import train_sft
@@ -67,7 +68,8 @@ def test_every_figure_present_in_range_and_cached(suite):
     ev = suite.evaluate("eval-copy", baseline="m0", parts=PARTS)
     first = time.perf_counter() - start
     for name in ("ifeval.prompt_strict", "ifeval.prompt_loose", "ifeval.instruction_strict",
-                 "ifeval.instruction_loose", "win_rate.vs_baseline", "win_rate.vs_reference", "judge.forced_share",
+                 "ifeval.instruction_loose", "win_rate.vs_baseline", "win_rate.vs_reference", "judge.parse_rate",
+                 "judge.forced_share",
                  "judge.pairwise_accuracy", "length.mean_tokens"):
         e = ev.metrics[name]
         assert e["low"] <= e["value"] <= e["high"], (name, e)
@@ -136,3 +138,13 @@ def test_pointwise_fixed_judge_is_order_free(suite):
     assert judge.name == "version:m0/pointwise"
     with pytest.raises(ValueError, match="unknown judge method"):
         ModelPairwiseJudge(suite.host, "m0", method="listwise")
+
+
+def test_judge_parse_rate_counts_forced_verdicts_as_misses(suite):
+    """The free-text parse rate is over every judgment: a forced verdict stands in for a miss."""
+    judge = Judge(suite.host, suite.config)
+    params = judge.params(None, seed=3)
+    _, [jc] = judge.score("What is the capital of France?", ["Paris."], params, version_id="m0")
+    forced = sum(s.forced for s in jc.samples)
+    assert judge.stats.total == len(jc.samples) == suite.config.judge.num_judgments
+    assert judge.stats.parsed == len(jc.samples) - forced

@@ -389,9 +389,9 @@ class EvaluationSuite:
         if not rows:
             return
         sides = [r[s] for r in rows for s in ("better", "worse")]
-        if any(s["free_total"] for s in sides):
-            out.metrics["judge.parse_rate"] = M.ratio_ci([s["free_parsed"] for s in sides],
-                                                         [s["free_total"] for s in sides], **est).as_dict()
+        # free-text verdicts over every judgment: a forced verdict stands in for a miss
+        out.metrics["judge.parse_rate"] = M.ratio_ci([s["free_parsed"] for s in sides], [s["samples"] for s in sides],
+                                                     **est).as_dict()
         out.metrics["judge.forced_share"] = M.ratio_ci([s["forced"] for s in sides], [s["samples"] for s in sides],
                                                        **est).as_dict()
         # an unscored response counts as a tie with its partner (no verdict, no credit)

@@ -74,6 +74,7 @@ class Judge:
         version, results = self.host.generate(conversations, params, version_id=version_id)
         outputs = [[c.text for c in r.completions] for r in results]
         forced: set[tuple[int, int]] = set()
+        free_text = outputs
         if self.config.judge.forced_verdict:
             outputs, forced = self._force_verdicts(conversations, outputs, params)
         batch = JudgeStats()
@@ -84,8 +85,8 @@ class Judge:
             scores = []
             for k, text in enumerate(texts):
                 j = parse_judgment(text, self.config.judge.max_score)
-                if (i, k) not in forced:
-                    batch.add(j)  # the parse rate is the free text's
+                # the parse rate is the free text's: a forced verdict counts as the miss it replaced
+                batch.add(j if (i, k) not in forced else parse_judgment(free_text[i][k], self.config.judge.max_score))
                 scores.append(j.score)
                 jc.samples.add(output=text, parsed=j.parsed, score=j.score or 0.0, forced=(i, k) in forced)
             mean, jc.num_parsed = aggregate(scores)

@@ -36,7 +36,7 @@ def main() -> None:
     base = args.base or args.candidate.rsplit(".", 1)[0] + ".m0"
     host = ModelHost("bench", config, store)
     decisions = []
-    print(f"| seed | decision | IFEval strict (cand) | diff, p | win rate vs serving | p | seconds |")
+    print("| seed | decision | IFEval strict (cand) | diff, p | win rate vs serving | p | seconds |")
     print("|---|---|---|---|---|---|---|")
     for seed in range(args.seeds):
         cfg = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"seed": seed})})

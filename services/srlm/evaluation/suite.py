@@ -269,9 +269,8 @@ class EvaluationSuite:
 
     @staticmethod
     def _summary(jc: records_pb2.JudgedCandidate) -> dict[str, Any]:
-        free = [s for s in jc.samples if not s.forced]
         return {"score": jc.mean_score if jc.num_parsed else None,
-                "free_parsed": sum(s.parsed for s in free), "free_total": len(free),
+                "free_parsed": sum(s.parsed and not s.forced for s in jc.samples),
                 "samples": len(jc.samples), "forced": sum(s.forced for s in jc.samples)}
 
     def judge_quality(self, version: str) -> list[dict[str, Any]]:

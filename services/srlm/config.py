@@ -170,8 +170,9 @@ class JudgeConfig(Section):
     template_file: Path | None = Field(None, description="None: the paper's prompt, verbatim")
     forced_verdict: bool = Field(
         False, description="paper: False (a judgment without 'Score: N' is unparsed). True: such a judgment "
-        "gets 'Score:' appended and the model's own next-token distribution over 0..max_score picks the verdict "
-        "(sampled at the judge temperature): small models that rarely end with a score still judge")
+        "gets 'Score:' appended after its last whole sentence and the model's own next-token distribution over "
+        "0..max_score picks the verdict (sampled at the judge temperature): small models that rarely end with a "
+        "score still judge")
 
 
 class PairsConfig(Section):
@@ -267,7 +268,8 @@ class SeedDataConfig(Section):
     eft_answer_max_tokens: int = Field(256, ge=1, description="length of the model answers EFT compares with the reference")
     eft_rationale_max_tokens: int | None = Field(
         None, ge=1, description="None: judge.max_tokens. The base model's judgments that become EFT targets are cut "
-        "here; below judge.max_tokens, the SFT model learns rationales short enough to reach its verdict")
+        "here (back to their last whole sentence when the verdict is forced); below judge.max_tokens, the SFT model "
+        "learns rationales short enough to reach its verdict")
     eft_max_answer_words: int | None = Field(
         None, ge=1, description="paper: no limit. EFT prompts with a longer answer are left out (train and eval "
         "split alike): a judge prompt longer than sft.max_length would lose its target, the verdict, to truncation")

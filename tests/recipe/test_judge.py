@@ -11,6 +11,7 @@ from srlm.recipe.judge import (
     ParseStatus,
     aggregate,
     build_judge_messages,
+    complete_sentences,
     find_score_statements,
     has_score_statement,
     neutralise_response,
@@ -275,3 +276,20 @@ def test_stats_count_unparseable_judgments() -> None:
     assert metrics["judgments_bad_scale"] == 1 and metrics["judgments_no_score"] == 1
     assert metrics["judge_parse_rate"] == pytest.approx(0.5)
     assert JudgeStats().parse_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The answer is right. It also explains the", "The answer is right."),
+        ("Clear and correct! Could add an exam", "Clear and correct!"),
+        ('It says "yes." Then it', 'It says "yes."'),
+        ("The list covers:\n- apples\n- pears and", "The list covers:\n- apples"),
+        ("Ends on a sentence.  ", "Ends on a sentence."),
+        ("no sentence ends here", "no sentence ends here"),  # nothing whole to keep: all of it
+        ("Version 2.5 is out", "Version 2.5 is out"),  # a decimal point ends no sentence
+        ("", ""),
+    ],
+)
+def test_complete_sentences_cuts_back_to_the_last_whole_sentence(text: str, expected: str) -> None:
+    assert complete_sentences(text) == expected

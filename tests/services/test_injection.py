@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from srlm.config import SRLMConfig
+from srlm.recipe.judge import complete_sentences
 from srlm.v1 import services_pb2, services_pb2_grpc
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
@@ -50,6 +51,9 @@ def score(stub, response: str):
                        timeout=600)
     judged = reply.judgment
     assert len(judged.samples) == 3 and judged.num_parsed == 3  # forced verdicts: every sample has a score
+    for s in judged.samples:  # a forced verdict follows the rationale's last whole sentence
+        rationale = s.output.rpartition("\nScore:")[0]
+        assert not s.forced or rationale == complete_sentences(rationale), s.output
     return judged
 
 

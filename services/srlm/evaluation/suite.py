@@ -320,13 +320,15 @@ class EvaluationSuite:
         c = self.cfg
         est = dict(confidence=c.confidence, resamples=c.bootstrap_resamples, seed=c.seed)
         out = VersionEvaluation(version, baseline=baseline)
-        answers = self.answers(version)
-        out.metrics["length.mean_tokens"] = M.bootstrap_ci([a["tokens"] for a in answers.values()], **est).as_dict()
-        if baseline:
-            base_answers = self.answers(baseline)
-            ids = list(answers)
-            out.tests["length.mean_tokens"] = M.paired_bootstrap(
-                [answers[i]["tokens"] for i in ids], [base_answers[i]["tokens"] for i in ids], **est).as_dict()
+        if {"ifeval", "head_to_head"} & set(parts):  # the parts that generate answers
+            answers = self.answers(version)
+            out.metrics["length.mean_tokens"] = M.bootstrap_ci([a["tokens"] for a in answers.values()],
+                                                               **est).as_dict()
+            if baseline:
+                base_answers = self.answers(baseline)
+                ids = list(answers)
+                out.tests["length.mean_tokens"] = M.paired_bootstrap(
+                    [answers[i]["tokens"] for i in ids], [base_answers[i]["tokens"] for i in ids], **est).as_dict()
         if "ifeval" in parts:
             self._ifeval_figures(out, version, baseline, est)
         if "head_to_head" in parts:

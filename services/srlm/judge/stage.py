@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from srlm.config import SRLMConfig
 from srlm.models.engines import SamplingParams
 from srlm.recipe import ids
-from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, has_score_statement, parse_judgment,
-                               read_judge_template)
+from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, complete_sentences, has_score_statement,
+                               parse_judgment, read_judge_template)
 from srlm.recipe.pairs import ScoredCandidate, build_pair
 from srlm.runtime import metrics
 from srlm.runtime.model_host import ModelHost
@@ -42,7 +42,9 @@ class Judge:
         if not todo:
             return outputs, set()
         convs = [conversations[i] for i, _ in todo]
-        texts = [outputs[i][k].rstrip() + "\nScore:" for i, k in todo]
+        # the verdict follows the rationale's last whole sentence: an EFT target that stops
+        # mid-sentence teaches a judge that never reaches its verdict
+        texts = [complete_sentences(outputs[i][k]) + "\nScore:" for i, k in todo]
         probs, prefixes, points = self.host.label_probabilities(
             convs, texts, tuple(str(p) for p in range(self.config.judge.max_score + 1)))
         rng = random.Random(params.seed)

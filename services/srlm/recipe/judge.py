@@ -276,6 +276,17 @@ def neutralise_response(text: str) -> str:
     return text or WITHHELD
 
 
+# the end of a sentence (closing marks included) or of a line
+_RATIONALE_BREAK = re.compile(rf"[.!?…][{re.escape(_CLOSING)}]*(?=\s|$)|\n")
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` up to the end of its last complete sentence (or line), or all of it when it has
+    none: a rationale that the token budget cut mid-sentence, before its verdict is appended."""
+    ends = [m.end() for m in _RATIONALE_BREAK.finditer(text.rstrip())]
+    return text[: ends[-1]].rstrip() if ends and text[: ends[-1]].strip() else text.rstrip()
+
+
 def render_judge_prompt(prompt: str, response: str, template: str = DEFAULT_JUDGE_TEMPLATE) -> str:
     """Fill the template in one pass, so braces or placeholders inside the texts stay literal.
     The judge reads the response neutralised (:func:`neutralise_response`): it cannot carry a verdict."""

@@ -1,0 +1,87 @@
+"""How well does M1 judge, for a given SFT recipe? Replays a run's recorded M0 -> M1 SFT data.
+
+Trains ``--base`` (the run's M0) on the run's SFT dataset (``<store>/datasets/<run>.m1.sft.jsonl``,
+IFT + EFT rows as the trainer got them) with ``--epochs`` and, with ``--whole-sentences``, the
+EFT rationales cut back to their last whole sentence (what ``judge.forced_verdict`` now does when
+EFT data is built). The result goes to a scratch store (a copy of the base there), never to the
+run's. Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
+free-text parse rate, pairwise accuracy and Spearman, with 95% bootstrap intervals, beside
+M0's and the run's own M1's.
+
+    python bench/eft_replay.py --config configs/small.yaml --run RUN [--epochs 3] [--whole-sentences]
+                               [--judge-max-tokens 64,128] [--scratch /tmp/srlm-eft-replay]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from srlm.config import load_config
+from srlm.evaluation.suite import EvaluationSuite, VersionEvaluation
+from srlm.models.store import ModelStore
+from srlm.recipe.judge import complete_sentences
+from srlm.runtime.model_host import ModelHost
+from srlm.trainer.sft import train_sft
+
+FIGURES = ("judge.parse_rate", "judge.pairwise_accuracy", "judge.spearman")
+
+
+def replayed_rows(path: Path, whole_sentences: bool) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if whole_sentences:
+        for r in rows:
+            if r["kind"] == "eft":
+                rationale, _, verdict = r["completion"][0]["content"].rpartition("\nScore:")
+                r["completion"] = [{"role": "assistant",
+                                    "content": complete_sentences(rationale) + "\nScore:" + verdict}]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/small.yaml")
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--epochs", type=int, default=None, help="default: sft.num_epochs")
+    parser.add_argument("--whole-sentences", action="store_true")
+    parser.add_argument("--judge-max-tokens", default=None, help="comma-separated; default: judge.max_tokens")
+    parser.add_argument("--scratch", default="/tmp/srlm-eft-replay")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    store = ModelStore(config.model_store.root)
+    base, recorded = f"{args.run}.m0", f"{args.run}.m1"
+    scratch = ModelStore(args.scratch)
+    # the base with its judge set (built once) and the run's own M1, the baseline
+    for sub in (f"versions/{base}", f"evaluations/{base}", f"versions/{recorded}", f"evaluations/{recorded}"):
+        if (store.root / sub).exists() and not (scratch.root / sub).exists():
+            shutil.copytree(store.root / sub, scratch.root / sub)
+    sft = config.sft.model_copy(update={"num_epochs": args.epochs or config.sft.num_epochs})
+    name = f"replay-e{sft.num_epochs}{'-whole' if args.whole_sentences else ''}"
+    rows = replayed_rows(store.datasets_dir / f"{args.run}.m1.sft.jsonl", args.whole_sentences)
+    start = time.perf_counter()
+    if not scratch.exists(name):
+        train_sft(scratch, base, name, rows, sft, run_id=None, work_dir=scratch.root / f"work-{name}",
+                  seed=config.run.seed)
+    print(f"SFT {name}: {len(rows)} rows, {sft.num_epochs} epochs, {time.perf_counter() - start:.0f} s")
+
+    print("\n| version | judge.max_tokens | " + " | ".join(FIGURES) + " |")
+    print("|---|---|" + "---|" * len(FIGURES))
+    budgets = args.judge_max_tokens.split(",") if args.judge_max_tokens else [str(config.judge.max_tokens)]
+    for budget in budgets:
+        cfg = config.model_copy(update={"judge": config.judge.model_copy(update={"max_tokens": int(budget)})})
+        host = ModelHost("bench", cfg, scratch)
+        suite = EvaluationSuite(cfg, scratch, host, base_version=base)
+        for version in (base, recorded, name):
+            ev: VersionEvaluation = suite.evaluate(version, parts=("judge",))
+            cells = [f"{ev.value(f):.3f} [{ev.metrics[f]['low']:.3f}, {ev.metrics[f]['high']:.3f}]" if f in ev.metrics
+                     else "-" for f in FIGURES]
+            print(f"| {version} | {budget} | " + " | ".join(cells) + " |", flush=True)
+        host.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """How well does M1 judge, for a given SFT recipe? Replays a run's recorded M0 -> M1 SFT data.
 
-Trains ``--base`` (the run's M0) on the run's SFT dataset (``<store>/datasets/<run>.m1.sft.jsonl``,
+Trains the run's M0 on the run's SFT dataset (``<store>/datasets/<run>.m1.sft.jsonl``,
 IFT + EFT rows as the trainer got them) with ``--epochs`` and, with ``--whole-sentences``, the
 EFT rationales cut back to their last whole sentence (what ``judge.forced_verdict`` now does when
 EFT data is built). The result goes to a scratch store (a copy of the base there), never to the

@@ -284,7 +284,7 @@ def complete_sentences(text: str) -> str:
     """``text`` up to the end of its last complete sentence (or line), or all of it when it has
     none: a rationale that the token budget cut mid-sentence, before its verdict is appended."""
     ends = [m.end() for m in _RATIONALE_BREAK.finditer(text.rstrip())]
-    return text[: ends[-1]].rstrip() if ends and text[: ends[-1]].strip() else text.rstrip()
+    return (text[: ends[-1]].rstrip() if ends else "") or text.rstrip()
 
 
 def render_judge_prompt(prompt: str, response: str, template: str = DEFAULT_JUDGE_TEMPLATE) -> str:

@@ -346,6 +346,22 @@ class RunConfig(Section):
     skip_sft: bool = False
 
 
+class TrackingConfig(Section):
+    """Experiment tracking: every training round's per-step losses and DPO rewards, and the run's
+    stage counts, judge statistics, gate results and stage times, written live as TensorBoard
+    event files (a local folder, no server): ``<dir>/<run_id>/controller`` and
+    ``<dir>/<run_id>/<version>`` for each trained version."""
+
+    tensorboard: bool = True
+    dir: Path | None = Field(None, description="None: 'tensorboard' beside the model store (on its volume)")
+    report_to: list[Literal["mlflow", "wandb"]] = Field(
+        default_factory=list, description="also hand training rounds to transformers' MLflow / W&B integration "
+                                          "(configured by their own environment variables)")
+
+    def run_dir(self, model_store_root: Path, run_id: str | None) -> Path:
+        return (self.dir or Path(model_store_root).parent / "tensorboard") / (run_id or "no-run")
+
+
 # --------------------------------------------------------------------------- services
 
 
@@ -403,6 +419,7 @@ class SRLMConfig(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     eval_gate: EvalGateConfig = EvalGateConfig()
     run: RunConfig = RunConfig()
+    tracking: TrackingConfig = TrackingConfig()
     services: ServicesConfig = ServicesConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 

@@ -17,16 +17,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 
 from srlm.config import SRLMConfig
 from srlm.console import follow_run
-from srlm.controller.report import write_report
+from srlm.controller.report import training_lines, write_report
 from srlm.local import LocalStack
 from srlm.models.store import ModelStore
 from srlm.runtime.pipeline import read_topic
+from srlm.runtime.tracking import read_scalars
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 from tests.e2e.conftest import CI_CONFIG, pair_records, stack_for, start_run, started, wait_run
 
@@ -105,6 +107,17 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
     assert saved["sft_stage_seconds"]["sft"] > 0
     assert "eft_judge_parse_rate" in versions[f"{RUN_ID}.m1"].metrics  # the base model's, as judge
     assert len(report["plots"]) == 6 and "evaluation.png" in report["plots"]
+    # the training plot: a loss line per round (and a margin line per DPO round), a point per optimizer step
+    lines = training_lines(saved)
+    for version in (f"{RUN_ID}.m1", f"{RUN_ID}.m2"):
+        steps = int(versions[version].metrics["global_step"])
+        assert lines[f"{version} loss"][0] == list(range(1, steps + 1)), version
+    assert lines[f"{RUN_ID}.m2 reward margin"][0] == list(range(1, int(versions[f"{RUN_ID}.m2"].metrics["global_step"]) + 1))
+    # and live in TensorBoard: the rounds' steps, the controller's stage times and judge statistics
+    tb = Path(config.model_store.root).parent / "tensorboard" / RUN_ID
+    assert [s for s, _ in read_scalars(tb / f"{RUN_ID}.m2")["train/rewards/margins"]] == lines[f"{RUN_ID}.m2 reward margin"][0]
+    controller = read_scalars(tb / "controller")
+    assert {"stage_seconds/judgments", "stage_seconds/training", "judgments/judge_parse_rate"} <= set(controller)
     for png in report["plots"]:
         assert (tmp_path / "report" / png).stat().st_size > 1000
     # every version of the run through the evaluation suite, with intervals, in the report

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from srlm.config import DPOConfig, SFTConfig
+from srlm.config import DPOConfig, SFTConfig, SRLMConfig
+from srlm.runtime.tracking import read_scalars, training_callbacks
 from srlm.trainer.data import sft_examples
 from srlm.trainer.dpo import REWARD_METRICS, train_dpo
 from srlm.trainer.sft import build_sft_trainer, train_sft
@@ -103,8 +104,10 @@ def test_sft_loss_is_on_the_answer_tokens_only(m0, tmp_path):
 def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
     store, base = m0
     progress = Progress()
+    config = SRLMConfig(tracking={"dir": tmp_path / "tb"})
     manifest = train_dpo(store, base.version_id, "trainer-dpo-m2", PAIRS, tiny(DPOConfig), run_id="t-dpo", iteration=2,
-                         work_dir=tmp_path / "w", seed=11, progress_cb=progress)
+                         work_dir=tmp_path / "w", seed=11, progress_cb=progress,
+                         callbacks=training_callbacks(config, "t-dpo", "trainer-dpo-m2"))
 
     assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "dpo", 2)
     assert store.get_dataset(manifest.training_data) == PAIRS
@@ -119,6 +122,13 @@ def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
         assert key in manifest.metrics, key
     assert manifest.metrics["rewards/margins"] == pytest.approx(sum(s["rewards/margins"] for s in steps) / 2)
     assert weights_changed(store, "m0", "trainer-dpo-m2")
+    # the per-step logs behind the report's training plot, and the same steps live in TensorBoard
+    assert [h["step"] for h in manifest.extra["log_history"]] == [1, 2]
+    assert [h["rewards/margins"] for h in manifest.extra["log_history"]] == pytest.approx([s["rewards/margins"] for s in steps])
+    scalars = read_scalars(tmp_path / "tb" / "t-dpo" / "trainer-dpo-m2")
+    for key in ("loss", "learning_rate", *REWARD_METRICS):
+        assert [step for step, _ in scalars[f"train/{key}"]] == [1, 2], key
+        assert [v for _, v in scalars[f"train/{key}"]] == pytest.approx([s[key] for s in steps], rel=1e-5), key
 
 
 @pytest.mark.parametrize("variant", ["ipo", "sigmoid+nll", "lora"])

@@ -21,6 +21,7 @@ from srlm.models.importer import import_base_model
 from srlm.models.store import ModelStore
 from srlm.runtime.records import meta, model_version_record
 from srlm.runtime.runconfig import from_yaml
+from srlm.runtime.tracking import RunLog
 from srlm.v1 import records_pb2
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class RunDriver:
         # Kubernetes mode runs DPO as a Job; locally the trainer service takes the command.
         self.trainer_launcher = trainer_launcher or (lambda cmd: self._send("commands", cmd.meta.run_id, cmd))
         self._last_progress: dict[tuple[str, int], dict[str, float]] = {}
+        self.run_log = RunLog(config)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -72,6 +74,10 @@ class RunDriver:
         last = state.stage_starts[-1] if state.stage_starts else None
         if last is None or (last.iteration, last.stage) != (state.iteration, state.stage):
             state.stage_starts.add(iteration=state.iteration, stage=state.stage, at=state.updated_at)
+            if last is not None:
+                seconds = state.updated_at.ToMilliseconds() / 1000 - last.at.ToMilliseconds() / 1000
+                self.run_log.scalars(state.run_id, "stage_seconds", {STAGE_NAMES[last.stage]: seconds}, last.iteration)
+        self.run_log.scalars(state.run_id, STAGE_NAMES[state.stage], progress, state.iteration)
         self._send("runs", state.run_id, state)
         event = records_pb2.RunEvent(run_id=state.run_id, iteration=state.iteration, stage=state.stage,
                                      message=message, progress=progress)
@@ -114,6 +120,7 @@ class RunDriver:
 
         state = records_pb2.RunState(run_id=run_id, config_yaml=to_yaml(run_config), stage=S.STAGE_BASE)
         state.started_at.GetCurrentTime()
+        self.run_log.text(run_id, "config", state.config_yaml)
         self.save(state, "run started")
         return state
 
@@ -279,5 +286,9 @@ class RunDriver:
     def publish_status(self, version: str, status: str, reason: str) -> None:
         """Record a version's new status in the store and announce it on srlm.models."""
         self.store.set_status(version, status, reason)
-        self._send("models", version, model_version_record(self.store, version))
+        record = model_version_record(self.store, version)
+        self._send("models", version, record)
+        if record.run_id:
+            self.run_log.text(record.run_id, "lineage", f"{version} (parent {record.parent_id or '-'}): {status}: {reason}",
+                              record.iteration)
 

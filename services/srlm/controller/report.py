@@ -115,6 +115,18 @@ def _plot(path: Path, draw) -> str:
     return path.name
 
 
+def training_lines(report: dict) -> dict[str, tuple[list[float], list[float]]]:
+    """The training plot's data: per trained version, its loss and (DPO) reward margin at
+    every logged optimizer step."""
+    lines = {}
+    for v in report["versions"]:
+        for key, label in (("loss", "loss"), ("rewards/margins", "reward margin")):
+            hist = [h for h in v["log_history"] if key in h]
+            if hist:
+                lines[f"{v['version_id']} {label}"] = ([h["step"] for h in hist], [h[key] for h in hist])
+    return lines
+
+
 def plots(report: dict[str, Any], out: Path) -> list[str]:
     its = report["iterations"]
     labels = [f"i{i['iteration']}" for i in its]
@@ -150,14 +162,8 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     made.append(_plot(out / "lengths.png", lengths))
 
     def training(ax):
-        for v in report["versions"]:
-            hist = [h for h in v["log_history"] if "loss" in h]
-            if hist:
-                ax.plot([h.get("step", n) for n, h in enumerate(hist)], [h["loss"] for h in hist], label=f"{v['version_id']} loss")
-            margins = [h for h in v["log_history"] if "rewards/margins" in h]
-            if margins:
-                ax.plot([h.get("step", n) for n, h in enumerate(margins)], [h["rewards/margins"] for h in margins],
-                        linestyle="--", label=f"{v['version_id']} reward margin")
+        for label, (steps, values) in training_lines(report).items():
+            ax.plot(steps, values, linestyle="--" if label.endswith("margin") else "-", label=label)
         ax.set(title="Training loss and DPO reward margins", xlabel="step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

@@ -79,4 +79,10 @@ class Tracker:
                    "duplicates_seen": float(v.duplicates)}
             if v.prompts_total is not None:
                 out["prompts_total"] = float(v.prompts_total)
+            samples = [s for j in v.judgment_sets.values() for c in j.candidates for s in c.samples]
+            if samples:  # the judge's own verdicts: free-text parses, not forced ones
+                out["judge_parse_rate"] = sum(s.parsed and not s.forced for s in samples) / len(samples)
+                scores = [c.mean_score for j in v.judgment_sets.values() for c in j.candidates if c.num_parsed]
+                if scores:
+                    out["judge_mean_score"] = sum(scores) / len(scores)
             return out

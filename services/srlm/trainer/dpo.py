@@ -48,7 +48,7 @@ def build_dpo_trainer(model_dir: Path, examples: list[dict], cfg: DPOConfig, *, 
 
 def train_dpo(store: ModelStore, base_version: str, out_version: str, rows: list[dict], cfg: DPOConfig, *,
               run_id: str | None, iteration: int, work_dir: Path, seed: int,
-              progress_cb: ProgressFn | None = None) -> Manifest:
+              progress_cb: ProgressFn | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
     """Train ``base_version`` on preference ``rows`` and publish ``out_version`` (idempotent, resumable)."""
     examples = dpo_examples(rows)
 
@@ -57,4 +57,5 @@ def train_dpo(store: ModelStore, base_version: str, out_version: str, rows: list
 
     return run_round(store, kind="dpo", base_version=base_version, out_version=out_version, rows=rows,
                      examples=examples, cfg=cfg, build_trainer=build, summary_keys=REWARD_METRICS,
-                     run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb)
+                     run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb,
+                     callbacks=callbacks)

@@ -230,12 +230,21 @@ def summarize(trainer: Trainer, train_metrics: dict[str, float], progress: Progr
     return metrics
 
 
+def step_logs(log_history: list[dict]) -> list[dict[str, float]]:
+    """The trainer's per-step logs (loss, learning rate, DPO rewards and margins...) as numbers,
+    for the manifest and the run report's training plot; the closing summary is left out."""
+    return [{k: float(v) for k, v in h.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for h in log_history if "loss" in h]
+
+
 def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: str, rows: list[dict],
               examples: list[dict], cfg: TrainingSection, build_trainer: TrainerBuilder, summary_keys: Sequence[str],
               run_id: str | None, iteration: int, work_dir: Path, seed: int,
-              progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None) -> Manifest:
+              progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None,
+              callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
     """Train ``base_version`` on ``examples`` and publish ``out_version`` (its parent: the base).
-    ``data_metrics`` (how the training set was made) join the training metrics in the manifest.
+    ``data_metrics`` (how the training set was made) join the training metrics in the manifest;
+    ``callbacks`` (experiment tracking) see every logged step.
 
     ``rows`` (as given, already validated into ``examples``) are stored as the training set.
     A process killed mid-way and started again with the same arguments resumes from the last
@@ -258,7 +267,7 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
              f", resuming from {checkpoint.name}" if checkpoint else "")
 
     progress = ProgressCallback(progress_cb)
-    trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress])
+    trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress, *callbacks])
     dropped = len(examples) - len(trainer.train_dataset)
     if dropped:  # examples that do not fit max_length (their target would be cut) are left out
         log.warning("%d of %d examples do not fit max_length %d and are not trained on",
@@ -268,6 +277,7 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
     metrics.update(examples=float(len(examples)), examples_dropped=float(dropped), **(data_metrics or {}))
 
     extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
+             "log_history": step_logs(trainer.state.log_history),
              "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}}
     with store.staging(out_version) as staged:
         save_trained_model(trainer, model_dir, staged)

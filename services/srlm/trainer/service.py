@@ -84,6 +84,7 @@ class TrainerState:
 def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelStore,
           state: TrainerState | None = None) -> records_pb2.ModelVersion:
     """Run the command's training round and publish its version (idempotent)."""
+    from srlm.runtime.tracking import training_callbacks
     from srlm.trainer.dpo import train_dpo
     from srlm.trainer.sft import train_sft
 
@@ -92,6 +93,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
     work_dir = Path(config.model_store.root).parent / "checkpoints" / cmd.output_version
     state = state or TrainerState()
     if not store.exists(cmd.output_version):
+        callbacks = training_callbacks(config, m.run_id, cmd.output_version)
         if cmd.kind == records_pb2.COMMAND_KIND_TRAIN_SFT:
             host = ModelHost("trainer", config, store)
             host.load(cmd.base_version)
@@ -100,12 +102,13 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             state.begin(m.run_id, m.iteration, len(rows))
             train_sft(store, cmd.base_version, cmd.output_version, rows, run_cfg.sft, run_id=m.run_id,
                       iteration=1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress,
-                      data_metrics=stats)
+                      data_metrics=stats, callbacks=callbacks)
         else:
             rows = dpo_rows(config, m.run_id, m.iteration, list(cmd.pair_ids))
             state.begin(m.run_id, m.iteration, len(rows))
             train_dpo(store, cmd.base_version, cmd.output_version, rows, run_cfg.dpo, run_id=m.run_id,
-                      iteration=m.iteration + 1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress)
+                      iteration=m.iteration + 1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress,
+                      callbacks=callbacks)
     state.end("published", cmd.output_version)
     return model_version_record(store, cmd.output_version, "published", "")
 

@@ -42,7 +42,8 @@ def build_sft_trainer(model_dir: Path, examples: list[dict], cfg: SFTConfig, *, 
 
 def train_sft(store: ModelStore, base_version: str, out_version: str, rows: list[dict], cfg: SFTConfig, *,
               run_id: str | None, iteration: int = 1, work_dir: Path, seed: int,
-              progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None) -> Manifest:
+              progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None,
+              callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
     """Fine-tune ``base_version`` on chat ``rows`` and publish ``out_version`` (idempotent, resumable)."""
     examples = sft_examples(rows)
 
@@ -52,4 +53,4 @@ def train_sft(store: ModelStore, base_version: str, out_version: str, rows: list
     return run_round(store, kind="sft", base_version=base_version, out_version=out_version, rows=rows,
                      examples=examples, cfg=cfg, build_trainer=build, summary_keys=("mean_token_accuracy",),
                      run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb,
-                     data_metrics=data_metrics)
+                     data_metrics=data_metrics, callbacks=callbacks)

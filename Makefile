@@ -10,12 +10,15 @@ PYTEST_ARGS ?=
 EVAL_CONFIG ?= configs/small.yaml
 RUN ?= latest
 
-.PHONY: install test run curve eval protos bench
+.PHONY: install install-test test run curve eval protos bench
 
 install:
 	deploy/bootstrap.sh
 
-test: install
+install-test:
+	deploy/bootstrap.sh --test
+
+test: install-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 run: install

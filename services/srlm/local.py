@@ -18,16 +18,23 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from srlm.bus.local_broker import LocalKafkaBroker, free_port
+from srlm.bus.local_broker import LocalKafkaBroker, child_preexec, free_port
 from srlm.config import SRLMConfig, load_config
+from srlm.runtime import security
 
 SERVICE_ORDER = ("promptgen", "sampler", "judge", "trainer", "controller")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Block until the gRPC health service at ``address`` says SERVING."""
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None,
+                 config: SRLMConfig | None = None) -> None:
+    """Block until the gRPC health service at ``address`` (dialled as ``config`` says) says SERVING."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address, config) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -54,6 +61,7 @@ class LocalStack:
         self.env = dict(env or {})
         self.broker = LocalKafkaBroker(self.work_dir / "kafka") if start_broker else None
         self.procs: dict[str, subprocess.Popen] = {}
+        self._handlers: dict[int, object] = {}  # the signal handlers start() replaced
         self.ports: dict[str, tuple[int, int]] = {}
         for name in SERVICE_ORDER:
             p = getattr(config.services, name)
@@ -93,23 +101,29 @@ class LocalStack:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout_s: float = 300.0) -> "LocalStack":
+        """Start the broker and the services. SIGTERM and SIGHUP then interrupt the caller like
+        Ctrl-C does, so that it stops the stack; and each child gets SIGTERM from the kernel if
+        this process dies without stopping it (even by SIGKILL)."""
+        if threading.current_thread() is threading.main_thread() and not self._handlers:
+            self._handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.broker:
             self.broker.start()
         for name in SERVICE_ORDER:
             self.start_service(name, wait=False)
         for name in SERVICE_ORDER:
-            wait_serving(self.address(name), timeout_s, self.procs[name], self.logs / f"{name}.log")
+            wait_serving(self.address(name), timeout_s, self.procs[name], self.logs / f"{name}.log", self.config)
         return self
 
     def start_service(self, name: str, wait: bool = True, timeout_s: float = 300.0) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "srlm.cli", "serve", name], env=self.service_env(),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=child_preexec())
         log.close()
         self.procs[name] = proc
         if wait:
-            wait_serving(self.address(name), timeout_s, proc, self.logs / f"{name}.log")
+            wait_serving(self.address(name), timeout_s, proc, self.logs / f"{name}.log", self.config)
         return proc
 
     def kill(self, name: str) -> None:
@@ -118,25 +132,38 @@ class LocalStack:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    def stop_service(self, name: str, timeout_s: float = 60.0) -> None:
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def stop_service(self, name: str) -> None:
+        self._stop_procs([name])
+
+    def _stop_procs(self, names) -> None:
+        """SIGTERM, then SIGKILL what is still running after the services' shutdown deadline."""
+        procs = [self.procs[n] for n in names if n in self.procs and self.procs[n].poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.services.shutdown_deadline_s + 10
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def stop(self) -> None:
-        for name in reversed(SERVICE_ORDER):
-            self.stop_service(name)
-        if self.broker:
-            self.broker.stop()
+        """Stop every service at once, then the broker; signals that arrive meanwhile are ignored
+        (the stop is bounded by the shutdown deadline)."""
+        main = threading.current_thread() is threading.main_thread()
+        replaced = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if main else {}
+        try:
+            self._stop_procs(SERVICE_ORDER)
+            if self.broker:
+                self.broker.stop()
+        finally:
+            for sig, handler in {**replaced, **self._handlers}.items():
+                signal.signal(sig, handler)
+            self._handlers = {}
 
     def wait(self) -> None:
-        """Until Ctrl-C or a service dies."""
+        """Until Ctrl-C (SIGINT, SIGTERM, SIGHUP) or a service dies."""
         try:
             while all(p.poll() is None for p in self.procs.values()):
                 time.sleep(1)

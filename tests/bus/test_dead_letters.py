@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from kafka import KafkaProducer
 
@@ -17,7 +19,8 @@ KEY = b"one-partition"  # every record on one partition: the order below is the 
 
 
 def _inject(cfg, topics, oversized_bytes: int):
-    """good-0, undecodable, good-1, wrong type, good-2, oversized, good-3, poison, good-4, rejected, good-5.
+    """good-0, undecodable, good-1, wrong type, good-2, oversized, good-3, poison, good-4, rejected, good-5,
+    no schema header (a valid Prompt: bytes parse, but no srlm producer wrote them), good-6.
 
     Returns {reason: offset} of the bad records."""
     raw = KafkaProducer(**cfg.client_kwargs(), acks="all")
@@ -29,18 +32,21 @@ def _inject(cfg, topics, oversized_bytes: int):
         if reason:
             bad[reason] = meta.offset
 
-    good = lambda i: send(prompt(i).SerializeToString(), [("srlm-schema", b"srlm.v1.Prompt")])  # noqa: E731
+    schema = [("srlm-schema", b"srlm.v1.Prompt")]
+    good = lambda i: send(prompt(i).SerializeToString(), schema)  # noqa: E731
     good(0)
-    send(b"\xff\xff\xff\xff", reason="decode")
+    send(b"\xff\xff\xff\xff", schema, reason="decode")
     good(1)
     send(pb.CandidateSet(prompt_id="p").SerializeToString(), [("srlm-schema", b"srlm.v1.CandidateSet")], "schema")
     good(2)
-    send(prompt(99, text="y" * oversized_bytes).SerializeToString(), reason="oversized")
+    send(prompt(99, text="y" * oversized_bytes).SerializeToString(), schema, reason="oversized")
     good(3)
-    send(prompt(100, text="poison").SerializeToString(), reason="handler")
+    send(prompt(100, text="poison").SerializeToString(), schema, reason="handler")
     good(4)
-    send(prompt(101, text="reject me").SerializeToString(), reason="rejected")
+    send(prompt(101, text="reject me").SerializeToString(), schema, reason="rejected")
     good(5)
+    send(prompt(102).SerializeToString(), reason="no_schema")
+    good(6)
     raw.flush()
     raw.close()
     return bad
@@ -68,13 +74,13 @@ def test_bad_records_are_dead_lettered_and_processing_continues(kafka_config, ka
     worker = Worker(cfg, "dl-group", kafka_topics.prompts, service="sampler", instance_id=f"dl-{mode}",
                     topics=kafka_topics, **kwargs)
     with running(worker):
-        outputs = wait_for_records(kafka_config, kafka_topics.candidates, 6)
-        dead = wait_for_records(kafka_config, kafka_topics.deadletter, 5)
-        wait_until(lambda: worker.stats.records == 11, 30, "the batch to be committed")
+        outputs = wait_for_records(kafka_config, kafka_topics.candidates, 7)
+        dead = wait_for_records(kafka_config, kafka_topics.deadletter, 6)
+        wait_until(lambda: worker.stats.records == 13, 30, "the batch to be committed")
 
-    assert sorted(r.value.prompt_id for r in outputs) == [f"prompt-{i}" for i in range(6)]
+    assert sorted(r.value.prompt_id for r in outputs) == [f"prompt-{i}" for i in range(7)]
     by_reason = {d.value.error_type: d.value for d in dead}
-    assert set(by_reason) == set(bad) == {"decode", "schema", "oversized", "handler", "rejected"}
+    assert set(by_reason) == set(bad) == {"decode", "schema", "oversized", "handler", "rejected", "no_schema"}
     for reason, letter in by_reason.items():
         assert letter.source_topic == kafka_topics.prompts.name
         assert letter.offset == bad[reason], reason
@@ -91,8 +97,9 @@ def test_bad_records_are_dead_lettered_and_processing_continues(kafka_config, ka
     assert by_reason["handler"].error == "RuntimeError: this handler always fails on poison"
     assert by_reason["handler"].attempts == 3
     assert by_reason["rejected"].attempts == 1 and by_reason["rejected"].error == "not a valid prompt"
+    assert "no srlm-schema header" in by_reason["no_schema"].error and by_reason["no_schema"].attempts == 0
     # Dead letters are not processed records' outputs: each good record made one output.
-    assert worker.stats.dead_letters == 5
+    assert worker.stats.dead_letters == 6
 
 
 def test_handler_output_of_the_wrong_type_is_a_handler_failure(kafka_config, kafka_topics):
@@ -106,3 +113,36 @@ def test_handler_output_of_the_wrong_type_is_a_handler_failure(kafka_config, kaf
     assert dead.value.error_type == "handler"
     assert "carries srlm.v1.CandidateSet, got srlm.v1.Prompt" in dead.value.error
     assert read_to_end(kafka_config, kafka_topics.candidates) == []
+
+
+def test_a_poison_flood_is_dead_lettered_in_large_transactions_and_good_records_still_flow(kafka_config, kafka_topics):
+    """10,000 random header-less records (some parse as a protobuf message) among 20 good ones:
+    every bad one is dead-lettered without reaching the handler, every good one is handled once,
+    and the flood rides in few transactions (the time it takes: bench/bus.py --poison)."""
+    rng = random.Random(7)
+    raw = KafkaProducer(**kafka_config.client_kwargs(), acks="all", linger_ms=20)
+    for i in range(10_020):
+        if i % 501 == 0:
+            raw.send(kafka_topics.prompts.name, prompt(i // 501).SerializeToString(), key=KEY,
+                     headers=[("srlm-schema", b"srlm.v1.Prompt")])
+        else:
+            raw.send(kafka_topics.prompts.name, rng.randbytes(rng.randint(1, 300)), key=KEY)
+    raw.flush()
+    raw.close()
+    handled = []
+
+    def handle(records):
+        handled.extend(r.value.meta.id for r in records)
+        return [candidates_for(kafka_topics)(r) for r in records]
+
+    worker = Worker(kafka_config, "flood", kafka_topics.prompts, batch_handler=handle, instance_id="flood",
+                    topics=kafka_topics)
+    with running(worker):
+        wait_until(lambda: worker.stats.records == 10_020, 120, "the flood to be cleared")
+    assert sorted(handled) == sorted(f"prompt-{i}" for i in range(20))
+    assert worker.stats.dead_letters == 10_000
+    assert len(read_to_end(kafka_config, kafka_topics.deadletter)) == 10_000
+    assert {r.value.error_type for r in read_to_end(kafka_config, kafka_topics.deadletter)} == {"no_schema"}
+    assert len(read_to_end(kafka_config, kafka_topics.candidates)) == 20
+    # at most one handled batch per poll: ~20 polls with a good record, a few without
+    assert worker.stats.batches <= 40, worker.stats.batches

@@ -52,11 +52,13 @@ def test_decode_reasons():
     topics = TopicRegistry.from_config(KafkaConfig())
     raw = lambda value, headers=(): SimpleNamespace(topic="srlm.prompts", partition=0, offset=5,  # noqa: E731
                                                     key=b"k", value=value, headers=list(headers), timestamp=1)
-    assert decode_record(raw(prompt(1).SerializeToString()), topics.prompts, 1024).value == prompt(1)
+    schema = [("srlm-schema", b"srlm.v1.Prompt")]
+    assert decode_record(raw(prompt(1).SerializeToString(), schema), topics.prompts, 1024).value == prompt(1)
     for value, headers, reason in [
-        (b"\xff\xff", (), "decode"),
+        (b"\xff\xff", schema, "decode"),
         (prompt(1).SerializeToString(), [("srlm-schema", b"srlm.v1.JudgmentSet")], "schema"),
-        (b"x" * 2000, (), "oversized"),
+        (prompt(1).SerializeToString(), (), "no_schema"),  # parses, but no srlm producer wrote it
+        (b"x" * 2000, schema, "oversized"),
     ]:
         with pytest.raises(DecodeFailure) as failure:
             decode_record(raw(value, headers), topics.prompts, 1024)

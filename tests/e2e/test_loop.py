@@ -114,7 +114,7 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
         assert lines[f"{version} loss"][0] == list(range(1, steps + 1)), version
     assert lines[f"{RUN_ID}.m2 reward margin"][0] == list(range(1, int(versions[f"{RUN_ID}.m2"].metrics["global_step"]) + 1))
     # and live in TensorBoard: the rounds' steps, the controller's stage times and judge statistics
-    tb = Path(config.model_store.root).parent / "tensorboard" / RUN_ID
+    tb = Path(config.model_store.root) / "tensorboard" / RUN_ID
     assert [s for s, _ in read_scalars(tb / f"{RUN_ID}.m2")["train/rewards/margins"]] == lines[f"{RUN_ID}.m2 reward margin"][0]
     controller = read_scalars(tb / "controller")
     assert {"stage_seconds/judgments", "stage_seconds/training", "judgments/judge_parse_rate"} <= set(controller)

@@ -8,6 +8,7 @@ Role grants, and that the chart's srlm config is one srlm's config layer accepts
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,16 @@ import yaml
 from srlm.bus.topics import TopicRegistry
 from srlm.config import parse_config
 from srlm.controller.kube import MODEL_VERSION_ENV, PERMISSIONS, render_job
+from srlm.runtime import security
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "srlm"
 VALUES = Path(__file__).parent / "values"
 K8S_VERSION = "1.35.0"
-VALUE_SETS = ["default", "gpu-pools", "existing-pvc", "strimzi"]
+VALUE_SETS = ["default", "gpu-pools", "existing-pvc", "strimzi", "grpc-security"]
 INFERENCE = ("promptgen", "sampler", "judge")
 SERVICES = ("controller", "promptgen", "sampler", "judge", "trainer")
-CRD_KINDS = {"KafkaTopic", "ScaledObject"}  # no schema offline; asserted on below
+CRD_KINDS = {"KafkaTopic", "ScaledObject", "Certificate"}  # no schema offline; asserted on below
 
 
 def helm(helm_bin: Path, *args: str) -> subprocess.CompletedProcess:
@@ -60,7 +62,11 @@ def one(objs: list[dict], kind: str, name: str) -> dict:
 
 def srlm_config(objs: list[dict]):
     cm = one(objs, "ConfigMap", "t-srlm-config")
-    return parse_config(yaml.safe_load(cm["data"]["config.yaml"]), environ={})
+    # What a pod validates: the ConfigMap plus its SRLM_KAFKA__* variables (the SASL user and
+    # password come from a Secret; "secret" stands in for their values).
+    env = {e["name"]: e.get("value", "secret") for spec in pod_specs(objs).values()
+           for e in spec["containers"][0].get("env", []) if e["name"].startswith("SRLM_KAFKA__")}
+    return parse_config(yaml.safe_load(cm["data"]["config.yaml"]), environ=env)
 
 
 def job_template(objs: list[dict]) -> dict:
@@ -331,3 +337,70 @@ def test_notes_say_how_to_start_a_run(helm_bin):
     assert proc.returncode == 0, proc.stderr
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "StartRun" in notes and "t-srlm-controller" in notes
+
+
+# --------------------------------------------------------------------------- gRPC security
+
+
+def test_grpc_plaintext_is_allowed_explicitly_by_default(rendered):
+    """Pods bind 0.0.0.0: srlm refuses plaintext there unless allowed, so the chart says so."""
+    objs = rendered["default"]
+    config = srlm_config(objs)
+    sec = config.services.security
+    assert config.services.host == "0.0.0.0" and not sec.tls and sec.allow_plaintext_non_loopback
+    assert security.server_credentials(config) is None  # start_grpc_server's check passes: the pods start
+    assert not find(objs, "Certificate") and not find(objs, "Secret")
+    for name, spec in pod_specs(objs).items():
+        assert not {"grpc-tls", "grpc-auth"} & {v["name"] for v in spec["volumes"]}, name
+
+
+def test_grpc_mutual_tls_and_token(rendered):
+    objs = rendered["grpc-security"]
+    config = srlm_config(objs)
+    sec = config.services.security
+    assert sec.tls and sec.require_client_cert and not sec.allow_plaintext_non_loopback
+    assert sec.allowed_identities == ["srlm-operator"]
+    cert = one(objs, "Certificate", "t-srlm-grpc")["spec"]
+    assert cert["issuerRef"] == {"name": "srlm-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert {"server auth", "client auth"} <= set(cert["usages"])
+    for name in SERVICES:  # the names clients dial, short and qualified
+        host = getattr(config.services, name).host
+        assert {host, f"{host}.ml.svc", f"{host}.ml.svc.cluster.local"} <= set(cert["dnsNames"]), name
+        (port,) = [p for p in one(objs, "Service", host)["spec"]["ports"] if p["name"] == "grpc"]
+        assert port["appProtocol"] == "https", name  # not h2c (cleartext) any more
+    token = one(objs, "Secret", "t-srlm-grpc-auth")
+    assert len(base64.b64decode(token["data"]["token"])) == 48
+    files = {"grpc-tls": (cert["secretName"], {sec.tls_cert_file, sec.tls_key_file, sec.tls_ca_file}),
+             "grpc-auth": ("t-srlm-grpc-auth", {sec.token_file})}
+    for name, spec in pod_specs(objs).items():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (container,) = spec["containers"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        for volume, (secret, paths) in files.items():
+            assert volumes[volume]["secret"]["secretName"] == secret, (name, volume)
+            assert mounts[volume]["readOnly"] is True
+            assert {str(p.parent) for p in paths} == {mounts[volume]["mountPath"]}, (name, volume)
+        if name != "dpo":  # kubelet's gRPC probes cannot speak TLS: the plaintext health-only port
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert container[probe]["grpc"] == {"port": sec.health_port}, (name, probe)
+
+
+def test_grpc_existing_secrets(helm_bin):
+    proc = helm(helm_bin, "template", "t", str(CHART), "--set", "grpc.tls.enabled=true,grpc.tls.existingSecret=my-tls,"
+                "grpc.auth.enabled=true,grpc.auth.existingSecret=my-token,grpc.auth.tokenKey=api-token")
+    assert proc.returncode == 0, proc.stderr
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert not find(objs, "Certificate") and not find(objs, "Secret")
+    assert str(srlm_config(objs).services.security.token_file) == "/etc/srlm/grpc-auth/api-token"
+    for name, spec in pod_specs(objs).items():
+        volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in spec["volumes"]}
+        assert (volumes["grpc-tls"], volumes["grpc-auth"]) == ("my-tls", "my-token"), name
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("grpc.tls.enabled=true", "grpc.tls.enabled needs grpc.tls.existingSecret or grpc.tls.certManager.enabled"),
+    ("grpc.tls.enabled=true,grpc.tls.certManager.enabled=true", "grpc.tls.certManager.issuerRef.name is required"),
+])
+def test_grpc_tls_needs_a_certificate(helm_bin, settings, message):
+    proc = helm(helm_bin, "template", "t", str(CHART), "--set", settings)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr

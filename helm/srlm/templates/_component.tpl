@@ -45,7 +45,7 @@ spec:
       serviceAccountName: {{ .serviceAccount }}
       automountServiceAccountToken: {{ .automountToken }}
       enableServiceLinks: false
-      terminationGracePeriodSeconds: 60
+      terminationGracePeriodSeconds: {{ include "srlm.terminationGracePeriod" .root }}
       {{- include "srlm.podCommon" . | trim | nindent 6 }}
       containers:
         - name: {{ .name }}
@@ -80,7 +80,8 @@ spec:
   selector:
     {{- include "srlm.selectorLabels" . | nindent 4 }}
   ports:
-    - {name: grpc, port: {{ .values.ports.grpc }}, targetPort: grpc, protocol: TCP, appProtocol: kubernetes.io/h2c}
+    {{- /* h2c is cleartext HTTP/2: with TLS the port speaks gRPC over TLS (https). */}}
+    - {name: grpc, port: {{ .values.ports.grpc }}, targetPort: grpc, protocol: TCP, appProtocol: {{ ternary "https" "kubernetes.io/h2c" .root.Values.grpc.tls.enabled }}}
     - {name: metrics, port: {{ .values.ports.metrics }}, targetPort: metrics, protocol: TCP, appProtocol: http}
 {{- if and .values.pdb .values.pdb.enabled }}
 ---

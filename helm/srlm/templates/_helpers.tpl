@@ -43,6 +43,26 @@
 {{- .Values.modelStore.existingClaim | default (printf "%s-models" (include "srlm.fullname" .)) -}}
 {{- end -}}
 
+{{/* gRPC security (values grpc.*): the Secrets every pod mounts; empty when off. */}}
+{{- define "srlm.grpcTlsSecret" -}}
+{{- $tls := .Values.grpc.tls -}}
+{{- if $tls.enabled -}}
+{{- if $tls.existingSecret -}}
+{{- $tls.existingSecret -}}
+{{- else if $tls.certManager.enabled -}}
+{{- printf "%s-grpc-tls" (include "srlm.fullname" .) -}}
+{{- else -}}
+{{- fail "grpc.tls.enabled needs grpc.tls.existingSecret or grpc.tls.certManager.enabled" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "srlm.grpcAuthSecret" -}}
+{{- if .Values.grpc.auth.enabled -}}
+{{- .Values.grpc.auth.existingSecret | default (printf "%s-grpc-auth" (include "srlm.fullname" .)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels ------------------------------------------------------------------------ */}}
 
 {{- define "srlm.selectorLabels" -}}
@@ -134,6 +154,16 @@ affinity:
   mountPath: /etc/srlm/kafka-tls
   readOnly: true
 {{- end }}
+{{- if include "srlm.grpcTlsSecret" .root }}
+- name: grpc-tls
+  mountPath: /etc/srlm/grpc-tls
+  readOnly: true
+{{- end }}
+{{- if include "srlm.grpcAuthSecret" .root }}
+- name: grpc-auth
+  mountPath: /etc/srlm/grpc-auth
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "srlm.volumes" -}}
@@ -155,6 +185,18 @@ affinity:
   secret:
     secretName: {{ . }}
 {{- end }}
+{{- with include "srlm.grpcTlsSecret" .root }}
+- name: grpc-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with include "srlm.grpcAuthSecret" .root }}
+- name: grpc-auth
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
 {{- end -}}
 
 {{/* Pod spec fields shared by every srlm pod (Deployments and the DPO Job). */}}
@@ -170,6 +212,14 @@ volumes:
   {{- include "srlm.volumes" . | nindent 2 }}
 {{- end -}}
 
+{{/* Seconds between SIGTERM and SIGKILL: the srlm config's services.shutdown_deadline_s (the
+service's own default, 30, when unset), within which a service hands its in-flight batch back,
+plus 15 s for the gRPC drain and the process exit, so the kubelet never kills a hand-back. */}}
+{{- define "srlm.terminationGracePeriod" -}}
+{{- $deadline := dig "services" "shutdown_deadline_s" 30 .Values.config -}}
+{{- add (ceil $deadline) 15 -}}
+{{- end -}}
+
 {{/* Pod annotations: roll the pods when the srlm config changes. */}}
 {{- define "srlm.podAnnotations" -}}
 checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
@@ -181,17 +231,19 @@ checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .r
 {{/* gRPC probes on the standard health service (grpc.health.v1). */}}
 {{- define "srlm.probes" -}}
 {{- $p := .root.Values.probes -}}
+{{- /* kubelet's gRPC probes speak plaintext only: with TLS they use the health-only port. */ -}}
+{{- $port := ternary .root.Values.grpc.tls.healthPort .values.ports.grpc .root.Values.grpc.tls.enabled -}}
 startupProbe:
-  grpc: {port: {{ .values.ports.grpc }}}
+  grpc: {port: {{ $port }}}
   periodSeconds: {{ $p.startup.periodSeconds }}
   failureThreshold: {{ $p.startup.failureThreshold }}
 livenessProbe:
-  grpc: {port: {{ .values.ports.grpc }}}
+  grpc: {port: {{ $port }}}
   periodSeconds: {{ $p.liveness.periodSeconds }}
   failureThreshold: {{ $p.liveness.failureThreshold }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
 readinessProbe:
-  grpc: {port: {{ .values.ports.grpc }}}
+  grpc: {port: {{ $port }}}
   periodSeconds: {{ $p.readiness.periodSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}

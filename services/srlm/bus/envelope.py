@@ -64,7 +64,7 @@ class DecodeFailure(Exception):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "oversized", "schema" or "decode"
+        self.kind = kind  # "oversized", "no_schema", "schema" or "decode"
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,9 @@ def decode_record(raw, topic: Topic, max_bytes: int) -> Record:
         raise DecodeFailure("oversized", f"value is {len(value)} bytes, more than max_record_bytes={max_bytes}")
     headers = decode_headers(raw.headers)
     schema = headers.get(HEADER_SCHEMA)
-    if schema is not None and schema != topic.schema:
+    if schema is None:  # random bytes can parse as a protobuf message: never guess
+        raise DecodeFailure("no_schema", f"no {HEADER_SCHEMA} header: not an srlm record")
+    if schema != topic.schema:
         raise DecodeFailure("schema", f"{topic.name} carries {topic.schema}, the record says {schema}")
     msg = topic.message()
     try:

@@ -7,6 +7,11 @@ brings the same broker back on the same ports with the same data.
 
     python -m srlm.bus.local_broker fetch
     python -m srlm.bus.local_broker start --data-dir /tmp/kafka   # prints host:port, Ctrl-C stops
+
+``security="SECURED"`` (or one of "SSL", "SASL_PLAINTEXT", "SASL_SSL") starts it the way a
+production cluster runs: TLS with client certificates (mTLS) on the SSL listener, SCRAM-SHA-512
+on the SASL listeners, and ACLs enforced (nothing is allowed without an ACL). Certificates come
+from a CA of its own (``local_pki``); ``kafka_config(user, protocol)`` gives a client's settings.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import atexit
 import base64
 import ctypes
 import hashlib
+import json
 import os
+import secrets
 import re
 import shutil
 import signal
@@ -28,12 +35,20 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterable
 
 from kafka import KafkaAdminClient
+
+from srlm.config import KafkaConfig
 
 KAFKA_MAIN = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 MAX_HEAP_BYTES = 1 << 30  # the broker must stay within 1 GiB of heap
+SECURE_PROTOCOLS = ("SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SCRAM = "SCRAM-SHA-512"
+# Principals of the secured broker besides the srlm services: itself (inter-broker traffic)
+# and an admin that manages topics and ACLs. Both are super users.
+BROKER_USER, ADMIN_USER = "broker", "admin"
 
 # Console-only log4j2 config; the process's stdout goes to <data_dir>/broker.log.
 LOG4J2_PROPERTIES = """\
@@ -143,15 +158,23 @@ def _heap_bytes(heap: str) -> int:
     return int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)]
 
 
-def _saved_ports(props: Path) -> tuple[int, int] | None:
-    """(broker port, controller port) of an existing server.properties, if readable."""
+def _saved_ports(props: Path) -> dict[str, int] | None:
+    """{listener name: port} of an existing server.properties (CONTROLLER included), if readable."""
     try:
         text = props.read_text()
     except OSError:
         return None
-    broker = re.search(r"PLAINTEXT://127\.0\.0\.1:(\d+)", text)
-    controller = re.search(r"CONTROLLER://127\.0\.0\.1:(\d+)", text)
-    return (int(broker.group(1)), int(controller.group(1))) if broker and controller else None
+    line = re.search(r"^listeners=(.*)$", text, re.M)
+    ports = dict(re.findall(r"(\w+)://127\.0\.0\.1:(\d+)", line.group(1))) if line else {}
+    return {name: int(port) for name, port in ports.items()} if "CONTROLLER" in ports else None
+
+
+def _protocols(security: str | Iterable[str]) -> tuple[str, ...]:
+    """The client listeners' protocols: "PLAINTEXT", one secure protocol, several, or "SECURED" (all three)."""
+    wanted = SECURE_PROTOCOLS if security == "SECURED" else (security,) if isinstance(security, str) else tuple(security)
+    if wanted != ("PLAINTEXT",) and not (wanted and set(wanted) <= set(SECURE_PROTOCOLS)):
+        raise BrokerError(f"security must be 'PLAINTEXT', 'SECURED' or some of {SECURE_PROTOCOLS}, got {security!r}")
+    return wanted
 
 
 def _die_with_parent() -> None:
@@ -162,7 +185,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_setup():
+def child_preexec():
     """PR_SET_PDEATHSIG fires when the *thread* that started the child exits, so it is only
     safe from the main thread; a broker (re)started from another thread relies on atexit."""
     return _die_with_parent if threading.current_thread() is threading.main_thread() else None
@@ -172,15 +195,25 @@ class LocalKafkaBroker:
     """One Kafka process (broker + controller) on 127.0.0.1 with data under ``data_dir``."""
 
     def __init__(self, data_dir: str | Path, kafka_home: str | Path | None = None, heap: str = "512m",
-                 start_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float = 90.0, security: str | Iterable[str] = "PLAINTEXT",
+                 users: Iterable[str] | None = None) -> None:
+        """``security``: see the module docstring. ``users``: SCRAM users made at format time
+        besides ``broker`` and ``admin`` (default: the srlm services' ``srlm-<service>``;
+        passwords: ``password(user)``)."""
         if _heap_bytes(heap) > MAX_HEAP_BYTES:
             raise BrokerError(f"heap {heap} is above the 1 GiB the local broker may use")
         self.data_dir = Path(data_dir).resolve()
         self.kafka_home = Path(kafka_home) if kafka_home else None
         self.heap = heap
         self.start_timeout_s = start_timeout_s
-        self.port: int | None = None
-        self.controller_port: int | None = None
+        self.protocols = _protocols(security)
+        self.secured = self.protocols != ("PLAINTEXT",)
+        if users is None:
+            from srlm.bus.acls import SERVICES, default_principal
+
+            users = [default_principal(s).split(":", 1)[1] for s in SERVICES]
+        self.users = (BROKER_USER, ADMIN_USER, *users) if self.secured else ()
+        self.ports: dict[str, int] = {}  # listener name (= its protocol, or CONTROLLER) -> port
         self._proc: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ paths
@@ -199,10 +232,88 @@ class LocalKafkaBroker:
         return self.data_dir / "broker.log"
 
     @property
+    def port(self) -> int | None:
+        """The first client listener's port."""
+        return self.ports.get(self.protocols[0])
+
+    @property
+    def controller_port(self) -> int | None:
+        return self.ports.get("CONTROLLER")
+
+    @property
     def bootstrap_servers(self) -> str:
-        if self.port is None:
-            raise BrokerError("the broker has not been started")
-        return f"127.0.0.1:{self.port}"
+        """The first client listener (``address(protocol)`` for another)."""
+        return self.address(self.protocols[0])
+
+    def address(self, protocol: str) -> str:
+        if protocol not in self.ports:
+            raise BrokerError("the broker has not been started" if not self.ports else
+                              f"no {protocol} listener (this broker has {', '.join(self.protocols)})")
+        return f"127.0.0.1:{self.ports[protocol]}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def cafile(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    def password(self, user: str) -> str:
+        """The SCRAM password of ``user`` (made at first start, kept in the data dir)."""
+        try:
+            return json.loads((self.data_dir / "scram-users.json").read_text())[user]
+        except (OSError, KeyError) as err:
+            raise BrokerError(f"no SCRAM user {user!r} on this broker (users: {', '.join(self.users)})") from err
+
+    def client_cert(self, name: str) -> tuple[Path, Path]:
+        """(certfile, keyfile) of a client certificate with CN ``name``: principal ``User:<name>``."""
+        from srlm.bus.local_pki import LocalCA
+
+        return LocalCA(self.tls_dir).issue(name)
+
+    def kafka_config(self, user: str = ADMIN_USER, protocol: str | None = None, **settings) -> KafkaConfig:
+        """A client's KafkaConfig for ``user`` on the ``protocol`` listener (default: the first):
+        its password on SASL listeners, a certificate of its own on the SSL listener."""
+        protocol = protocol or self.protocols[0]
+        kwargs: dict = dict(bootstrap_servers=[self.address(protocol)], security_protocol=protocol)
+        if protocol.startswith("SASL"):
+            kwargs.update(sasl_mechanism=SCRAM, sasl_plain_username=user, sasl_plain_password=self.password(user))
+        if protocol.endswith("SSL"):
+            kwargs["ssl_cafile"] = str(self.cafile)
+        if protocol == "SSL":
+            certfile, keyfile = self.client_cert(user)
+            kwargs.update(ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+        return KafkaConfig(**{**kwargs, **settings})
+
+    def admin(self, protocol: str | None = None) -> KafkaAdminClient:
+        """An admin client (the ``admin`` super user when secured)."""
+        cfg = self.kafka_config(ADMIN_USER, protocol) if self.secured else KafkaConfig(
+            bootstrap_servers=[self.bootstrap_servers])
+        return KafkaAdminClient(**{**cfg.client_kwargs(), "client_id": "srlm-local-broker"},
+                                request_timeout_ms=3000, bootstrap_timeout_ms=3000)
+
+    def grant(self, acls) -> None:
+        """Create ACLs (``srlm.bus.acls.Acl``), e.g. ``grant(service_acls(prefix))``, as the admin."""
+        from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePatternFilter, ResourceType
+
+        wanted = [a.to_kafka() for a in acls]
+        admin = self.admin()
+        try:
+            result = admin.create_acls(wanted)
+            if result.get("failed"):
+                raise BrokerError(f"creating ACLs failed: {result['failed']}")
+            # The authorizer applies new ACLs from the metadata log a moment after the reply:
+            # wait until it lists them, so the caller's next request is judged by them.
+            everything = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY, ResourcePatternFilter(
+                ResourceType.ANY, None, ACLResourcePatternType.ANY))
+            deadline = time.monotonic() + 30
+            while not set(wanted) <= set(admin.describe_acls(everything)[0]):
+                if time.monotonic() > deadline:
+                    raise BrokerError("the broker did not apply the new ACLs within 30s")
+                time.sleep(0.1)
+        finally:
+            admin.close()
 
     @property
     def pid(self) -> int | None:
@@ -224,9 +335,11 @@ class LocalKafkaBroker:
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
         # Ports are chosen before formatting: the controller's address is part of the quorum,
         # so a formatted data directory keeps the ports it was formatted with.
-        if self.port is None:
+        if not self.ports:
             saved = _saved_ports(props) if formatted else None
-            self.port, self.controller_port = saved or (free_port(), free_port())
+            self.ports = saved or {name: free_port() for name in (*self.protocols, "CONTROLLER")}
+        if self.secured:
+            self._make_secrets()
         props.write_text(self._server_properties())
         log4j.write_text(LOG4J2_PROPERTIES)
         opts = [f"-Xmx{self.heap}", "-Xms64m", "-Djava.awt.headless=true",
@@ -234,15 +347,19 @@ class LocalKafkaBroker:
         if not formatted:
             cluster_id = new_cluster_id()
             # The format tool is short-lived: the C1 compiler and serial GC start it faster.
+            # SCRAM credentials are written into the cluster metadata at format time: the
+            # broker's own user must exist before the broker can authenticate to itself.
+            scram = [arg for user in self.users
+                     for arg in ("--add-scram", f"{SCRAM}=[name={user},password={self.password(user)}]")]
             fmt = subprocess.run([java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", *opts, STORAGE_TOOL,
-                                  "format", "--standalone", "--cluster-id", cluster_id, "--config", str(props)],
-                                 capture_output=True, text=True)
+                                  "format", "--standalone", "--cluster-id", cluster_id, "--config", str(props),
+                                  *scram], capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen([java, "-XX:+UseG1GC", *opts, KAFKA_MAIN, str(props)],
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          preexec_fn=_child_setup())
+                                          preexec_fn=child_preexec())
         atexit.register(self.stop)
         self._wait_ready()
         return self
@@ -292,17 +409,65 @@ class LocalKafkaBroker:
 
     # ------------------------------------------------------------------ internals
 
+    def _make_secrets(self) -> None:
+        """SCRAM passwords (kept: the formatted metadata holds their hashes) and certificates."""
+        from srlm.bus.local_pki import LocalCA
+
+        path = self.data_dir / "scram-users.json"
+        known = json.loads(path.read_text()) if path.exists() else {}
+        missing = {u: secrets.token_urlsafe(18) for u in self.users if u not in known}
+        if missing:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({**known, **missing}, f)
+        LocalCA(self.tls_dir).keystore(BROKER_USER)
+
+    def _security_properties(self) -> list[str]:
+        if not self.secured:
+            return []
+        jaas = (f"org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{BROKER_USER}" password="{self.password(BROKER_USER)}";')
+        lines = [
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            # The controller listener stays PLAINTEXT on loopback: the broker registers and
+            # heartbeats there as User:ANONYMOUS, which therefore must be a super user. Only
+            # local processes reach 127.0.0.1, and they can read the data dir anyway; a real
+            # cluster puts its controllers on SSL/SASL too.
+            f"super.users=User:{BROKER_USER};User:{ADMIN_USER};User:ANONYMOUS",
+            # Certificates: PEM files (KIP-651), no JKS/PKCS12 conversion needed.
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.tls_dir / (BROKER_USER + '.keystore.pem')}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.cafile}",
+            # A certificate "CN=alice" is the principal User:alice, the same as SCRAM user alice,
+            # so one ACL table serves both kinds of listener.
+            "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "sasl.enabled.mechanisms=" + SCRAM,
+            "sasl.mechanism.inter.broker.protocol=" + SCRAM,
+        ]
+        for protocol in self.protocols:
+            name = protocol.lower()
+            if protocol == "SSL":
+                lines.append(f"listener.name.{name}.ssl.client.auth=required")  # mTLS
+            else:
+                lines.append(f"listener.name.{name}.{SCRAM.lower()}.sasl.jaas.config={jaas}")
+        return lines
+
     def _server_properties(self) -> str:
-        port, cport = self.port, self.controller_port
+        cport = self.controller_port
+        listeners = ",".join(f"{p}://127.0.0.1:{self.ports[p]}" for p in self.protocols)
+        protocol_map = ",".join(f"{p}:{p}" for p in self.protocols)
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners={listeners},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners={listeners}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={self.protocols[0]}",
+            f"listener.security.protocol.map={protocol_map},CONTROLLER:PLAINTEXT",
+            *self._security_properties(),
             f"log.dirs={self.data_dir / 'logs'}",
             "num.partitions=1",
             # One node: every internal topic has one replica; few partitions start faster.
@@ -334,8 +499,7 @@ class LocalKafkaBroker:
             try:
                 # A cheap TCP probe first: kafka-python's bootstrap blocks for its whole timeout.
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000,
-                                         bootstrap_timeout_ms=3000, client_id="srlm-local-broker")
+                admin = self.admin()
                 try:
                     admin.list_topics()
                     return
@@ -367,16 +531,28 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("start", help="start a broker and run until Ctrl-C")
     start.add_argument("--data-dir", required=True, type=Path)
     start.add_argument("--heap", default="512m")
+    start.add_argument("--security", default="PLAINTEXT", help="PLAINTEXT, or SECURED: SSL (mTLS), "
+                       "SASL_PLAINTEXT and SASL_SSL (SCRAM-SHA-512) listeners with ACLs enforced")
+    start.add_argument("--acls-prefix", default="srlm", help="SECURED: grant the srlm services' ACLs for "
+                       "this kafka.topic_prefix (users srlm-<service>)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":
             print(f"kafka jars: {fetch()}")
             return 0
-        broker = LocalKafkaBroker(args.data_dir, heap=args.heap).start()
+        broker = LocalKafkaBroker(args.data_dir, heap=args.heap, security=args.security).start()
+        if broker.secured:
+            from srlm.bus.acls import service_acls
+
+            broker.grant(service_acls(args.acls_prefix))
     except BrokerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(broker.bootstrap_servers, flush=True)
+    if broker.secured:
+        print("\n".join(f"{p}: {broker.address(p)}" for p in broker.protocols), flush=True)
+        print(f"CA {broker.cafile}; SCRAM passwords in {broker.data_dir / 'scram-users.json'}; "
+              f"client certificates: LocalKafkaBroker.client_cert(name) (CN=name is User:name)", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while broker.is_running():

@@ -13,9 +13,11 @@ from typing import Mapping
 
 from google.protobuf.message import Message
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from srlm.bus.envelope import envelope_headers, record_id
+from srlm.bus.security import authorization_hint, check_connection
 from srlm.bus.topics import RECORD_OVERHEAD_BYTES, Topic, TopicRegistry
 from srlm.config import KafkaConfig
 
@@ -47,10 +49,20 @@ class RecordProducer:
         )
         if transactional_id:
             options.update(transactional_id=transactional_id, transaction_timeout_ms=cfg.transaction_timeout_ms)
+        # A refused login would otherwise block here for the whole bootstrap timeout and then
+        # say only "Unable to bootstrap"; the check names the wrong kafka.* setting instead.
+        check_connection(cfg)
         self._producer = KafkaProducer(**cfg.client_kwargs(), **options)
         if transactional_id:
             # Fences an older instance with the same id and aborts its open transaction.
-            self._producer.init_transactions()
+            try:
+                self._producer.init_transactions()
+            except KafkaError as err:
+                hint = authorization_hint(err, cfg, transactional_id)
+                if hint is None:
+                    raise
+                self._producer.close(timeout=1)
+                raise type(err)(hint) from err
         self._pending: list[tuple[str, FutureRecordMetadata]] = []
 
     @property
@@ -91,7 +103,9 @@ class RecordProducer:
         failed = [(name, f.exception) for name, f in pending if not f.is_done or f.failed()]
         if failed:
             name, err = failed[0]
-            raise ProduceError(f"{len(failed)} of {len(pending)} records were not written (first: {name}: {err!r})")
+            hint = authorization_hint(err, self.cfg, name)
+            raise ProduceError(f"{len(failed)} of {len(pending)} records were not written (first: {name}: "
+                               f"{hint or repr(err)})")
         return len(pending)
 
     # -- transactions (read-process-write) -------------------------------------------------

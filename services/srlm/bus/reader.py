@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 
 from kafka import KafkaConsumer
+from kafka.errors import AuthorizationError
 from kafka.structs import TopicPartition
 
 from srlm.bus.envelope import Record, decode_record
+from srlm.bus.security import authorization_hint, check_connection
 from srlm.bus.topics import Topic
 from srlm.config import KafkaConfig
 
@@ -22,6 +24,7 @@ def read_to_end(cfg: KafkaConfig, topic: Topic, timeout_s: float = 30.0) -> list
     Raises ``TimeoutError`` if the end is not reached in ``timeout_s`` and ``DecodeFailure``
     for a record that is not the topic's message type.
     """
+    check_connection(cfg)
     consumer = KafkaConsumer(**cfg.client_kwargs(), group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed", auto_offset_reset="earliest")
     try:
@@ -37,7 +40,11 @@ def read_to_end(cfg: KafkaConfig, topic: Topic, timeout_s: float = 30.0) -> list
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic.name}: end offsets {end} not reached in {timeout_s}s")
-            for raws in consumer.poll(timeout_ms=200).values():
+            try:
+                polled = consumer.poll(timeout_ms=200)
+            except AuthorizationError as err:
+                raise type(err)(authorization_hint(err, cfg, topic.name)) from err
+            for raws in polled.values():
                 for raw in raws:
                     if raw.offset < end[TopicPartition(raw.topic, raw.partition)]:
                         records.append(decode_record(raw, topic, cfg.max_record_bytes))

@@ -12,8 +12,9 @@ from typing import Iterator
 
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient
-from kafka.errors import TopicAlreadyExistsError, for_code
+from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 
+from srlm.bus.security import check_connection
 from srlm.config import KafkaConfig
 from srlm.v1 import records_pb2 as pb
 
@@ -103,6 +104,7 @@ class TopicRegistry:
 def ensure_topics(admin_or_config: KafkaAdminClient | KafkaConfig, topics: TopicRegistry | list[Topic]) -> list[str]:
     """Create the topics that do not exist yet; returns the names created. Idempotent."""
     if isinstance(admin_or_config, KafkaConfig):
+        check_connection(admin_or_config)
         admin = KafkaAdminClient(**admin_or_config.client_kwargs())
         try:
             return ensure_topics(admin, topics)
@@ -124,6 +126,10 @@ def ensure_topics(admin_or_config: KafkaAdminClient | KafkaConfig, topics: Topic
         error = for_code(result["error_code"])
         if error is TopicAlreadyExistsError:  # another process created it meanwhile
             continue
+        if error is TopicAuthorizationFailedError:
+            # With ACLs only the controller (or an admin) creates topics; see srlm.bus.acls.
+            raise error(f"cannot create topic {result['name']}: this principal may not create srlm topics; "
+                        f"start the controller first or create them as an admin")
         if result["error_code"] != 0:
             raise error(f"cannot create topic {result['name']}: {result.get('error_message')}")
         created.append(result["name"])

@@ -8,10 +8,16 @@ inputs are consumed again. With ``exactly_once: false`` outputs are flushed (ack
 BEFORE the offsets are committed: at-least-once, and replays are recognised downstream by
 their deterministic ids (``srlm.bus.dedupe``).
 
-A record that cannot be decoded (``decode``), carries another schema (``schema``), is larger
-than ``max_record_bytes`` (``oversized``) or whose handler keeps failing (``handler``, after
-``max_attempts`` tries with exponential backoff) becomes a ``DeadLetter`` on the dead-letter
-topic, and the worker carries on with the records after it.
+A record without srlm's schema header (``no_schema``), that cannot be decoded (``decode``),
+carries another schema (``schema``), is larger than ``max_record_bytes`` (``oversized``), that
+the worker's ``admit`` check refuses (``rejected``: e.g. an unknown run) or whose handler keeps
+failing (``handler``, after ``max_attempts`` tries with exponential backoff) becomes a
+``DeadLetter`` on the dead-letter topic, and the worker carries on with the records after it.
+
+A poll fetches up to ``max_poll_records``; the first ``batch_records`` of them that pass the
+checks are handled and published with the dead letters among them in one transaction, and the
+rest is fetched again by the next poll. Records refused before any handler cost almost nothing:
+a poison flood clears in a few large transactions.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
@@ -40,6 +47,7 @@ from srlm.v1 import records_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_FENCED_IN_A_ROW = 3
+LAG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class RejectRecord(Exception):
 
 Handler = Callable[[Record], Iterable[Output]]
 BatchHandler = Callable[[list[Record]], Sequence[Iterable[Output]]]
+Admit = Callable[[Record], None]  # raises RejectRecord for a record no handler may see
 
 
 @dataclass
@@ -68,6 +77,8 @@ class WorkerStats:
     dead_letters: int = 0
     retries: int = 0
     publish_failures: int = 0
+    dead_letter_kinds: Counter = field(default_factory=Counter)
+    lag: int = 0  # records on the assigned partitions not yet consumed (refreshed every LAG_EVERY_S)
 
 
 class _AssignmentListener(ConsumerRebalanceListener):
@@ -97,7 +108,8 @@ class Worker:
     def __init__(self, cfg: KafkaConfig, group_id: str, input_topic: str | Topic,
                  handler: Handler | None = None, producer: RecordProducer | None = None, *,
                  batch_handler: BatchHandler | None = None, service: str | None = None,
-                 instance_id: str | None = None, topics: TopicRegistry | None = None) -> None:
+                 instance_id: str | None = None, topics: TopicRegistry | None = None,
+                 admit: Admit | None = None) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
         self.cfg = cfg
@@ -105,6 +117,7 @@ class Worker:
         self.topics = topics or TopicRegistry.from_config(cfg)
         self.input = input_topic if isinstance(input_topic, Topic) else self.topics.by_name(input_topic)
         self.handler, self.batch_handler = handler, batch_handler
+        self.admit = admit
         self.service = service or group_id
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._owns_producer = producer is None
@@ -137,6 +150,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         self._consumer.subscribe([self.input.name], listener=_AssignmentListener(self))
+        lag_at = 0.0
         try:
             while not self._stop.is_set():
                 polled = self._consumer.poll(timeout_ms=self.cfg.poll_timeout_ms,
@@ -144,8 +158,20 @@ class Worker:
                 raws = [raw for records in polled.values() for raw in records]
                 if raws:
                     self.process(raws)
+                if time.monotonic() - lag_at >= LAG_EVERY_S:
+                    lag_at = time.monotonic()
+                    self._measure_lag()
         finally:
+            self.stats.lag = 0
             self.close()
+
+    def _measure_lag(self) -> None:
+        assigned = list(self._consumer.assignment())
+        try:
+            end = self._consumer.end_offsets(assigned) if assigned else {}
+            self.stats.lag = sum(max(0, offset - self._consumer.position(tp)) for tp, offset in end.items())
+        except KafkaError as err:  # the broker may be away; the next poll deals with it
+            log.debug("lag not measured: %r", err)
 
     def stop(self) -> None:
         """Finish the batch in flight, commit it, leave the group."""
@@ -159,21 +185,59 @@ class Worker:
     # ------------------------------------------------------------------ one batch
 
     def process(self, raws: list) -> None:
-        """Decode, handle and publish one polled batch (outputs and offsets together)."""
-        outputs: list[Output] = []
-        decoded: list[tuple[object, Record]] = []
-        for raw in raws:
+        """Check and decode a polled batch; handle up to ``batch_records`` admitted records and
+        publish them with the dead letters before and among them in one transaction. What
+        follows them is fetched again by the next poll: a poll never keeps the handler busy for
+        more than one batch (``max_poll_interval_ms``, a prompt ``stop()``)."""
+        batch: list[tuple[object, Record | Output]] = []
+        admitted = 0
+        for i, raw in enumerate(raws):
             try:
-                decoded.append((raw, decode_record(raw, self.input, self.cfg.max_record_bytes)))
-            except DecodeFailure as err:
-                outputs.append(self._dead_letter(raw, err.kind, str(err), attempts=0))
-        for result in self._handle(decoded):
+                item = self._admitted(raw)
+            except Exception as err:  # the check cannot decide now (e.g. its data is unreachable)
+                log.warning("cannot check %s/%d/%d (%r); the batch is retried", raw.topic, raw.partition,
+                            raw.offset, err)
+                self._rewind(raws)  # nothing of this poll was published yet
+                time.sleep(self.cfg.retry_backoff_s)
+                return
+            batch.append((raw, item))
+            admitted += isinstance(item, Record)
+            if admitted == self.cfg.batch_records and i + 1 < len(raws):
+                published = self._process_batch(batch)
+                self._rewind(raws[i + 1:] if published else raws)
+                return
+        self._process_batch(batch)
+
+    def _admitted(self, raw) -> Record | Output:
+        """The decoded record, or its dead letter when it may not reach the handler."""
+        try:
+            record = decode_record(raw, self.input, self.cfg.max_record_bytes)
+        except DecodeFailure as err:
+            return self._dead_letter(raw, err.kind, str(err), attempts=0)
+        if self.admit is not None:
+            try:
+                self.admit(record)
+            except RejectRecord as err:
+                return self._dead_letter(raw, "rejected", str(err), attempts=0)
+        return record
+
+    def _process_batch(self, batch: list[tuple[object, Record | Output]]) -> bool:
+        outputs = [item for _, item in batch if isinstance(item, Output)]
+        if outputs:
+            kinds = Counter(o.msg.error_type for o in outputs)
+            log.warning("%d of %d records refused before any handler: %s", len(outputs), len(batch), dict(kinds))
+        for result in self._handle([(raw, item) for raw, item in batch if isinstance(item, Record)]):
             outputs.extend(result)
-        if self._publish(outputs, raws):
-            self.stats.batches += 1
-            self.stats.records += len(raws)
-            self.stats.dead_letters += sum(o.msg.DESCRIPTOR is pb.DeadLetter.DESCRIPTOR for o in outputs)
-            self.stats.outputs += len(outputs)
+        raws = [raw for raw, _ in batch]
+        if not self._publish(outputs, raws):
+            return False
+        self.stats.batches += 1
+        self.stats.records += len(raws)
+        dead = [o.msg.error_type for o in outputs if o.msg.DESCRIPTOR is pb.DeadLetter.DESCRIPTOR]
+        self.stats.dead_letters += len(dead)
+        self.stats.dead_letter_kinds.update(dead)
+        self.stats.outputs += len(outputs)
+        return True
 
     def _handle(self, decoded: list[tuple[object, Record]]) -> list[list[Output]]:
         if not decoded:
@@ -231,16 +295,15 @@ class Worker:
         if dead.ByteSize() > self.cfg.max_record_bytes:
             dead.ClearField("value")
             dead.ClearField("headers")
-        log.warning("dead letter %s/%d/%d: %s: %s", raw.topic, raw.partition, raw.offset, kind, error[:200])
+        # One line per record a handler failed on; refusals before any handler are summed per
+        # batch instead (a flood of them must not flood the log).
+        log.log(logging.WARNING if attempts else logging.DEBUG, "dead letter %s/%d/%d: %s: %s",
+                raw.topic, raw.partition, raw.offset, kind, error[:200])
         return Output(self.topics.deadletter, dead, key=raw.key)
 
     def _publish(self, outputs: list[Output], raws: list) -> bool:
         """Produce ``outputs`` and commit the batch's offsets; False (and rewound) if it failed."""
-        offsets, first = {}, {}
-        for raw in raws:
-            tp = TopicPartition(raw.topic, raw.partition)
-            first.setdefault(tp, raw.offset)
-            offsets[tp] = OffsetAndMetadata(raw.offset + 1, "", -1)
+        offsets = {TopicPartition(raw.topic, raw.partition): OffsetAndMetadata(raw.offset + 1, "", -1) for raw in raws}
         try:
             if self.producer.transactional:
                 self.producer.begin_transaction()
@@ -253,7 +316,7 @@ class Worker:
             self.stats.publish_failures += 1
             log.warning("publishing a batch of %d failed (%r); it will be processed again", len(raws), err)
             self._recover_producer(err)
-            self._rewind(first)
+            self._rewind(raws)
             time.sleep(self.cfg.retry_backoff_s)
             return False
         self._fenced_in_a_row = 0
@@ -303,7 +366,11 @@ class Worker:
                 log.warning("cannot start a transactional producer yet (%r); retrying", init_err)
                 time.sleep(self.cfg.retry_backoff_s)
 
-    def _rewind(self, first: dict[TopicPartition, int]) -> None:
+    def _rewind(self, raws: list) -> None:
+        """Seek each partition back to its first record in ``raws``: the next poll fetches them again."""
+        first: dict[TopicPartition, int] = {}
+        for raw in raws:
+            first.setdefault(TopicPartition(raw.topic, raw.partition), raw.offset)
         assigned = self._consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:

@@ -33,6 +33,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from srlm.config import KubernetesConfig, SRLMConfig
+from srlm.runtime import metrics
 from srlm.v1 import records_pb2
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,9 @@ class KubeOrchestrator:
         except (KubeError, TimeoutError) as err:
             log.error("rollout of %s failed: %s; rolling back %s", version, err, patched)
             rolled_back = self._roll_back(patched, previous, timeout)
+            metrics.ROLLOUTS.labels("rolled_back" if rolled_back else "rollback_failed").inc()
             raise RolloutFailed(version, str(err), rolled_back) from err
+        metrics.ROLLOUTS.labels("complete").inc()
         log.info("model version %s rolled out to %s", version, ", ".join(names))
         return previous
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-
 from srlm.config import SRLMConfig
+from srlm.runtime import security
 from srlm.v1 import services_pb2, services_pb2_grpc
 
 INFERENCE_SERVICES = {
@@ -28,13 +27,14 @@ class HotReloadPromoter:
             ports = getattr(config.services, name)
             self.addresses[name] = f"{ports.host or config.services.host}:{ports.grpc}"
         self.timeout_s = timeout_s
+        self.config = config  # its services.security: how to dial them
 
     def promote(self, version_id: str) -> float:
         """LoadModel on every inference service at once; returns when all serve ``version_id``."""
         start = time.perf_counter()
 
         def load(name: str) -> None:
-            with grpc.insecure_channel(self.addresses[name]) as channel:
+            with security.channel(self.addresses[name], self.config) as channel:
                 stub = INFERENCE_SERVICES[name](channel)
                 stub.LoadModel(services_pb2.LoadModelRequest(version_id=version_id), timeout=self.timeout_s,
                                wait_for_ready=True)

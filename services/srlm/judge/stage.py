@@ -93,6 +93,8 @@ class Judge:
                 jc.samples.add(output=text, parsed=j.parsed, score=j.score or 0.0, forced=(i, k) in forced)
             mean, jc.num_parsed = aggregate(scores)
             jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
+            if mean is not None:
+                metrics.JUDGE_SCORE.observe(mean)
             judged.append(jc)
         self.stats.merge(batch)
         metrics.JUDGMENTS.labels("true").inc(batch.parsed)

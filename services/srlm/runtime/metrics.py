@@ -12,8 +12,35 @@ GENERATED_TOKENS = Counter("srlm_generated_tokens_total", "Tokens generated", ["
 TOKENS_PER_SECOND = Gauge("srlm_tokens_per_second", "Output tokens/s of the last generation batch", ["service"])
 JUDGMENTS = Counter("srlm_judgments_total", "Judge samples, by whether a score was parsed", ["parsed"])
 JUDGE_PARSE_RATE = Gauge("srlm_judge_parse_rate", "Share of judge samples with a parsed score (last batch)")
+JUDGE_SCORE = Histogram("srlm_judge_score", "Mean judge score of a response (responses with a parsed score)",
+                        buckets=(0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5))
 MODEL_VERSION = Info("srlm_model", "Model version currently served")
 MODEL_LOAD_SECONDS = Histogram("srlm_model_load_seconds", "Time to load a model version", ["service"],
                                buckets=(0.5, 1, 2, 5, 10, 20, 60, 120))
 EVAL_METRIC = Gauge("srlm_eval_metric", "Evaluation suite figure of a model version (value and its 95% interval)",
                     ["version", "metric", "bound"])
+
+# The chart's PrometheusRule and Grafana dashboard (helm/srlm) query the metrics below; each
+# labelled one shows its HELP/TYPE from process start, so a missing name is a chart bug.
+CONSUMER_LAG = Gauge("srlm_consumer_lag_records",
+                     "Records on the input topic not yet consumed by this member (end offset - position, "
+                     "summed over its assigned partitions)", ["service", "topic"])
+DEAD_LETTERS = Counter("srlm_dead_letters_total", "Records sent to the dead-letter topic, by reason",
+                       ["service", "kind"])
+ROLLOUTS = Counter("srlm_rollouts_total",
+                   "Promotions rolled out to the inference Deployments, by outcome "
+                   "(complete | rolled_back | rollback_failed)", ["outcome"])
+TRAIN_LOSS = Gauge("srlm_train_loss", "Training loss of the last logged step", ["version"])
+DPO_REWARD_MARGIN = Gauge("srlm_dpo_reward_margin",
+                          "DPO reward margin (chosen - rejected implicit reward) of the last logged step",
+                          ["version"])
+TRAIN_STEP = Gauge("srlm_train_step", "Last logged optimizer step", ["version"])
+
+
+def record_training_logs(version: str, step: int, logs: dict[str, float]) -> None:
+    """A trainer log line (HF Trainer ``on_log``) -> the training gauges of ``version``."""
+    TRAIN_STEP.labels(version).set(step)
+    if "loss" in logs:
+        TRAIN_LOSS.labels(version).set(logs["loss"])
+    if "rewards/margins" in logs:  # TRL DPOTrainer's key
+        DPO_REWARD_MARGIN.labels(version).set(logs["rewards/margins"])

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
+from collections import Counter
 from typing import Callable, Iterable
 
 from google.protobuf.message import Message
@@ -24,7 +26,7 @@ from srlm.bus.topics import ensure_topics
 from srlm.config import SRLMConfig
 from srlm.runtime import metrics
 from srlm.runtime.model_host import ModelHost
-from srlm.runtime.server import NOT_SERVING, SERVING, ServiceHandle
+from srlm.runtime.server import NOT_SERVING, ServiceHandle
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class StageWorker:
         self.input = getattr(self.topics, input_what)
         self._handler = handler
         self.worker: Worker | None = None
+        self.admission = None
+        self.broker_reachable = True
+        self._on_reachability: Callable[[], None] | None = None  # attach(): the health follows it
         self._thread: threading.Thread | None = None
 
     def _handle(self, record) -> list[Output]:
@@ -61,12 +66,17 @@ class StageWorker:
         return outputs
 
     def start(self) -> None:
+        from srlm.runtime.admission import Admission
+
         ensure_topics(self.config.kafka, self.topics)
+        self.admission = Admission(self.service, self.config)
+        self.admission.runs.start()
         self.worker = Worker(self.config.kafka, f"{self.config.kafka.topic_prefix}-{self.service}", self.input,
                              self._handle, service=self.service, instance_id=instance_id(self.service),
-                             topics=self.topics)
+                             topics=self.topics, admit=self.admission)
         self._thread = threading.Thread(target=self._run, name=f"{self.service}-worker", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._watch, name=f"{self.service}-watch", daemon=True).start()
 
     def _run(self) -> None:
         try:
@@ -85,6 +95,8 @@ class StageWorker:
             self.worker.stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self.admission is not None:
+            self.admission.runs.stop()
 
     def attach(self, handle: ServiceHandle, host: ModelHost | None, version_id: str | None) -> ServiceHandle:
         """Load the initial model, start consuming, and report health.
@@ -100,16 +112,46 @@ class StageWorker:
                 host.load(wanted)
         self.start()
         handle.stop_callbacks.append(self.stop)
-        handle.set_serving(True)
-        if host is not None:
-            def model_health(_version: str | None = None) -> None:
-                status = SERVING if host.version_id else NOT_SERVING
-                for name in handle.service_names:
-                    handle.health.set(name, status)
 
-            host.on_load.append(model_health)
-            model_health()
+        def health(_version: str | None = None) -> None:
+            handle.set_serving(self.broker_reachable)
+            if host is not None and self.broker_reachable and not host.version_id:
+                for name in handle.service_names:
+                    handle.health.set(name, NOT_SERVING)
+
+        if host is not None:
+            host.on_load.append(health)
+        self._on_reachability = health
+        health()
         return handle
+
+    def _watch(self) -> None:
+        """While the worker runs: its lag and dead letters to the metrics, and the broker's
+        reachability to the health (NOT_SERVING after ``services.broker_lost_after_s``)."""
+        lost_after = self.config.services.broker_lost_after_s
+        check_s = min(5.0, lost_after / 2)
+        lost_since = None
+        reported: Counter = Counter()
+        while self.alive:
+            started = time.monotonic()
+            stats = self.worker.stats  # the worker's own counts, as metrics
+            metrics.CONSUMER_LAG.labels(self.service, self.input.name).set(stats.lag)
+            for kind, count in (stats.dead_letter_kinds - reported).items():
+                metrics.DEAD_LETTERS.labels(self.service, kind).inc(count)
+            reported = Counter(stats.dead_letter_kinds)
+            if self.admission.runs.reachable(timeout_s=check_s):
+                lost_since = None
+                reachable = True
+            else:
+                lost_since = lost_since or started
+                reachable = time.monotonic() - lost_since < lost_after
+            if reachable != self.broker_reachable:
+                log.warning("%s: Kafka %s", self.service, "reachable again" if reachable else
+                            f"unreachable for {lost_after:.0f}s: NOT_SERVING")
+                self.broker_reachable = reachable
+                if self._on_reachability is not None:
+                    self._on_reachability()
+            time.sleep(max(0.0, check_s - (time.monotonic() - started)))
 
 
 class Publisher:
@@ -165,6 +207,7 @@ class TopicFollower:
         self.service = service
         self._stop = threading.Event()
         self._caught_up = threading.Event()
+        self._sync_requests: queue.SimpleQueue[threading.Event] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"{service}-follower", daemon=True)
         self._consumer: KafkaConsumer | None = None
 
@@ -183,8 +226,11 @@ class TopicFollower:
 
     def _run(self) -> None:
         c = self._consumer
+        syncs: list[tuple[threading.Event, dict]] = []  # (requester, end offsets when it asked)
         while not self._stop.is_set():
             try:
+                while not self._sync_requests.empty():
+                    syncs.append((self._sync_requests.get(), c.end_offsets(list(self._end))))
                 polled = c.poll(timeout_ms=200)
             except Exception:  # noqa: BLE001 - the broker may be restarting; keep following
                 log.warning("%s: poll failed; retrying", self.service, exc_info=True)
@@ -200,8 +246,22 @@ class TopicFollower:
                                     raw.partition, raw.offset, err)
                         continue
                     self.callback(what, record.value)
-            if not self._caught_up.is_set() and all(c.position(tp) >= end for tp, end in self._end.items()):
+            if not self._caught_up.is_set() and self._reached(self._end):
                 self._caught_up.set()
+            for requester, end in syncs:
+                if self._reached(end):
+                    requester.set()
+            syncs = [(requester, end) for requester, end in syncs if not requester.is_set()]
+
+    def _reached(self, end: dict) -> bool:
+        return all(self._consumer.position(tp) >= offset for tp, offset in end.items())
+
+    def sync(self, timeout_s: float = 10.0) -> bool:
+        """Block until every record written to the topics before this call has been passed to
+        the callback; False if that took longer than ``timeout_s``."""
+        done = threading.Event()
+        self._sync_requests.put(done)
+        return done.wait(timeout_s)
 
     def wait_caught_up(self, timeout_s: float = 120.0) -> None:
         if not self._caught_up.wait(timeout_s):

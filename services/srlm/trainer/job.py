@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from srlm.config import TrainingSection
 from srlm.models.store import Manifest, ModelStore
+from srlm.runtime import metrics as prom
 from srlm.trainer.schedule import gradient_accumulation_steps, lr_scheduler_args
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,9 @@ def lora_config(cfg: TrainingSection):
 class ProgressCallback(TrainerCallback):
     """Forwards each log to ``progress_cb(step, total_steps, logs)``; notes where this session began."""
 
-    def __init__(self, progress_cb: ProgressFn | None):
+    def __init__(self, progress_cb: ProgressFn | None, version: str = ""):
         self.progress_cb = progress_cb
+        self.version = version  # labels the training gauges on /metrics
         self.start_step = 0
         self.start_tokens = 0
 
@@ -129,6 +131,8 @@ class ProgressCallback(TrainerCallback):
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         log.info("step %d/%d %s", state.global_step, state.max_steps,
                  " ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+        if self.version:
+            prom.record_training_logs(self.version, state.global_step, numbers)
         if self.progress_cb is not None:
             try:
                 self.progress_cb(state.global_step, state.max_steps, numbers)
@@ -266,7 +270,7 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
     log.info("%s %s -> %s on %d examples%s", kind.upper(), base_version, out_version, len(examples),
              f", resuming from {checkpoint.name}" if checkpoint else "")
 
-    progress = ProgressCallback(progress_cb)
+    progress = ProgressCallback(progress_cb, version=out_version)
     trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress, *callbacks])
     dropped = len(examples) - len(trainer.train_dataset)
     if dropped:  # examples that do not fit max_length (their target would be cut) are left out

@@ -59,6 +59,7 @@ class LocalStack:
         self.work_dir = Path(work_dir).resolve()
         self.logs = self.work_dir / "logs"
         self.env = dict(env or {})
+        self.service_envs: dict[str, dict[str, str]] = {}  # one service's extras (crash tests' failpoints)
         self.broker = LocalKafkaBroker(self.work_dir / "kafka") if start_broker else None
         self.procs: dict[str, subprocess.Popen] = {}
         self._handlers: dict[int, object] = {}  # the signal handlers start() replaced
@@ -80,9 +81,9 @@ class LocalStack:
     def controller_address(self) -> str:
         return self.address("controller")
 
-    def service_env(self) -> dict[str, str]:
-        """Environment of every child: the shared config plus this stack's broker and ports."""
-        env = {**os.environ, **self.env, "SRLM_KAFKA__BOOTSTRAP_SERVERS": f"[{self.bootstrap_servers}]",
+    def service_env(self, name: str | None = None) -> dict[str, str]:
+        """Environment of a child: the shared config plus this stack's broker and ports."""
+        env = {**os.environ, **self.env, **self.service_envs.get(name, {}), "SRLM_KAFKA__BOOTSTRAP_SERVERS": f"[{self.bootstrap_servers}]",
                "SRLM_MODEL_STORE__ROOT": str(Path(self.config.model_store.root).resolve()),
                "PYTHONUNBUFFERED": "1"}
         if self.config_path:
@@ -117,7 +118,7 @@ class LocalStack:
 
     def start_service(self, name: str, wait: bool = True, timeout_s: float = 300.0) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "srlm.cli", "serve", name], env=self.service_env(),
+        proc = subprocess.Popen([sys.executable, "-m", "srlm.cli", "serve", name], env=self.service_env(name),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=child_preexec())
         log.close()

@@ -1,5 +1,10 @@
-"""A worker process SIGKILLed in the middle of a batch and restarted, again and again:
-every input ends as exactly one output downstream."""
+"""A worker process SIGKILLed between writing a batch's outputs and committing it, and
+restarted, again and again: every input ends as exactly one output downstream.
+
+A failpoint holds the worker in that window (its outputs flushed to the log, its offsets not
+committed) until the kill, so every kill provably lands where a crash could lose or repeat
+data: the aborted transactions' records are counted with a read_uncommitted reader, and in
+at-least-once mode the redone batches' raw duplicates, which deduplication by id removes."""
 
 from __future__ import annotations
 
@@ -24,17 +29,19 @@ pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
 INPUTS = 200
 KILLS = 6
+WINDOW = "worker.before_commit"
 
 
 class WorkerProcess:
     """tests/bus/worker_proc.py as a subprocess, its stdout lines in a queue."""
 
-    def __init__(self, cfg, instance: str, at_least_once: bool) -> None:
+    def __init__(self, cfg, instance: str, at_least_once: bool, failpoints: str = "") -> None:
         cmd = [sys.executable, "-m", "tests.bus.worker_proc", "--bootstrap", cfg.bootstrap_servers[0],
                "--prefix", cfg.topic_prefix, "--instance", instance]
         if at_least_once:
             cmd.append("--at-least-once")
-        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               "SRLM_FAILPOINTS": failpoints}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -46,15 +53,15 @@ class WorkerProcess:
             self.output.append(line)
             self.lines.put(line.strip())
 
-    def wait_handled(self, count: int, timeout_s: float = 60) -> None:
-        """Block until the worker has started handling ``count`` more records."""
+    def wait_for(self, line: str, timeout_s: float = 60) -> None:
+        """Block until the worker prints ``line``."""
         deadline = time.monotonic() + timeout_s
-        while count > 0:
+        while True:
             try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+                if self.lines.get(timeout=max(0.01, deadline - time.monotonic())) == line:
+                    return
             except queue.Empty:
-                raise AssertionError(f"worker stalled; output:\n{''.join(self.output[-30:])}") from None
-            count -= line.startswith("handling ")
+                raise AssertionError(f"worker never printed {line!r}; output:\n{''.join(self.output[-30:])}") from None
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -73,16 +80,14 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice(kafka_config, 
     at_least_once = delivery == "at-least-once"
     kill_points = []
     for _ in range(KILLS):
-        worker = WorkerProcess(kafka_config, "crashy-1", at_least_once)
+        # held in the window of its 1st, 2nd or 3rd batch (16 records each) until killed
+        hit = rng.randint(1, 3)
+        worker = WorkerProcess(kafka_config, "crashy-1", at_least_once, failpoints=f"{WINDOW}=pause(120)@{hit}")
         try:
-            # A random record of a random batch (16 records per poll), then a little more
-            # so some kills land while the batch's outputs and offsets are being written.
-            handled = rng.randint(1, 40)
-            worker.wait_handled(handled)
-            time.sleep(rng.uniform(0, 0.05))
+            worker.wait_for(f"failpoint {WINDOW} reached")
         finally:
             worker.kill()
-        kill_points.append(handled)
+        kill_points.append(hit)
 
     worker = WorkerProcess(kafka_config, "crashy-1", at_least_once)
     try:
@@ -93,14 +98,23 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice(kafka_config, 
     assert "stopped\n" in worker.output
 
     outputs = read_to_end(kafka_config, kafka_topics.candidates)
+    written = read_to_end(kafka_config, kafka_topics.candidates, committed_only=False)
     seen = SeenIds()
     unique = seen.fresh(outputs)
     raw_duplicates = len(outputs) - len(unique)
-    record_property("kill_points", kill_points)
+    aborted = len(written) - len(outputs)
+    record_property("kills_in_window", len(kill_points))
     record_property("raw_duplicates", raw_duplicates)
-    print(f"{delivery}: kills after {kill_points} handled records; {len(outputs)} raw outputs, "
+    record_property("aborted_records", aborted)
+    print(f"{delivery}: {len(kill_points)} kills between produce and commit (batches {kill_points}); "
+          f"{len(written)} records written, {aborted} of them aborted, {len(outputs)} committed, "
           f"{raw_duplicates} raw duplicates, {len(unique)} unique")
     assert {r.id for r in unique} == {f"cands-prompt-{i}" for i in range(INPUTS)}  # none missing
     assert len(unique) == INPUTS  # none counted twice after dedupe by id
-    if not at_least_once:
-        assert raw_duplicates == 0  # transactions: a killed batch's outputs were aborted
+    if at_least_once:
+        # every killed batch had written its outputs: the redo wrote at least one again
+        assert raw_duplicates >= KILLS and aborted == 0
+    else:
+        # every killed batch's outputs were in the log, and its transaction was aborted
+        assert aborted >= KILLS
+        assert raw_duplicates == 0

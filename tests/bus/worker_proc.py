@@ -2,8 +2,8 @@
 
     python -m tests.bus.worker_proc --bootstrap HOST:PORT --prefix P --instance ID [--at-least-once]
 
-Prints ``handling <id>`` before each record it handles, so the test can SIGKILL it in the
-middle of a batch; SIGTERM stops it gracefully (finishes and commits the batch).
+``SRLM_FAILPOINTS`` (srlm.failpoints) holds it between a batch's produce and its commit, so
+the test can SIGKILL it there; SIGTERM stops it gracefully (finishes and commits the batch).
 """
 
 from __future__ import annotations
@@ -30,12 +30,7 @@ def main() -> None:
     cfg = KafkaConfig(bootstrap_servers=[args.bootstrap], topic_prefix=args.prefix,
                       exactly_once=not args.at_least_once, **TEST_KAFKA_SETTINGS)
     topics = TopicRegistry.from_config(cfg)
-    inner = candidates_for(topics, delay_s=args.delay)
-
-    def handle(record):
-        print(f"handling {record.id}", flush=True)
-        return inner(record)
-
+    handle = candidates_for(topics, delay_s=args.delay)
     worker = Worker(cfg, args.group, topics.prompts, handle, instance_id=args.instance, topics=topics)
     print("ready", flush=True)
     worker.run(handle_signals=True)

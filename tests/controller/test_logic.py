@@ -94,3 +94,23 @@ def test_tracker_reads_prompt_total_from_promptgen_event():
                                            progress={"prompts": 7, "prompts_done": 1}))
     assert t.iteration("r", 1).prompts_total == 7
     assert t.progress("r", 1)["prompts_total"] == 7
+
+
+def test_engine_utilisation_is_the_union_of_busy_spans_over_their_wall_time():
+    from srlm.controller.report import engine_work, merged, utilisation
+
+    # records of one engine call share a span; overlapping replicas count once
+    assert merged([(5, 6), (0, 2), (0, 2), (1, 3)]) == [(0, 3), (5, 6)]
+    u = utilisation([(0, 2), (0, 2), (1, 3), (5, 6)])
+    assert u == {"busy_seconds": 4, "wall_seconds": 6, "utilisation": 4 / 6, "records": 4}
+
+    def record(iteration: int, start: float | None, end: float = 0.0):
+        r = records_pb2.CandidateSet(meta=meta("r", iteration, "v", f"c{start}"))
+        if start is not None:  # a record made without the engine has no work
+            r.meta.work.instance = "pod/1"
+            r.meta.work.started_at.FromNanoseconds(int(start * 1e9))
+            r.meta.work.ended_at.FromNanoseconds(int(end * 1e9))
+        return r
+
+    work = engine_work({"sampler": [record(1, 10.0, 12.5), record(1, None), record(2, 20.0, 21.0)]})
+    assert work == {"sampler": {1: [(10.0, 12.5)], 2: [(20.0, 21.0)]}}

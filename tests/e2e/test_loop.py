@@ -3,9 +3,10 @@
 1. The reduced CI config goes M0 -> M1 -> M2, promotes through the eval gate and writes
    its report; the inference services then serve M2.
 2. Crash safety: the same run again, while the sampler, the judge, the trainer and the
-   controller are each SIGKILLed once at a random point and restarted; it must end with
-   exactly the pair ids of the undisturbed run (none lost, none twice) and exactly one
-   published version per iteration.
+   controller are each SIGKILLed once and restarted; the first three provably between writing
+   a batch's outputs and committing it (held there by a failpoint; their aborted records are
+   counted), the controller at a random point. It must end with exactly the pair ids of the
+   undisturbed run (none lost, none twice) and exactly one published version per iteration.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from srlm.bus import TopicRegistry, read_to_end
 from srlm.config import SRLMConfig
 from srlm.console import follow_run
 from srlm.controller.report import training_lines, write_report
@@ -106,7 +108,12 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
     assert all(secs >= 0 for secs in first["stage_seconds"].values())
     assert saved["sft_stage_seconds"]["sft"] > 0
     assert "eft_judge_parse_rate" in versions[f"{RUN_ID}.m1"].metrics  # the base model's, as judge
-    assert len(report["plots"]) == 6 and "evaluation.png" in report["plots"]
+    assert len(report["plots"]) == 7 and {"evaluation.png", "timeline.png"} <= set(report["plots"])
+    # where the time went: every inference engine's busy spans, from the records' meta.work
+    for service in ("promptgen", "sampler", "judge"):
+        work = first["engine_work"][service]
+        assert 0 < work["busy_seconds"] <= work["wall_seconds"] + 1e-6 and 0 < work["utilisation"] <= 1, service
+    assert first["engine_work"]["sampler"]["records"] == it.prompts
     # the training plot: a loss line per round (and a margin line per DPO round), a point per optimizer step
     lines = training_lines(saved)
     for version in (f"{RUN_ID}.m1", f"{RUN_ID}.m2"):
@@ -117,7 +124,8 @@ def test_run_m0_to_m2(undisturbed, tmp_path):
     tb = Path(config.model_store.root) / "tensorboard" / RUN_ID
     assert [s for s, _ in read_scalars(tb / f"{RUN_ID}.m2")["train/rewards/margins"]] == lines[f"{RUN_ID}.m2 reward margin"][0]
     controller = read_scalars(tb / "controller")
-    assert {"stage_seconds/judgments", "stage_seconds/training", "judgments/judge_parse_rate"} <= set(controller)
+    assert {"stage_seconds/judgments", "stage_seconds/training", "run/judge_parse_rate",
+            "run/win_rate.vs_baseline"} <= set(controller)
     for png in report["plots"]:
         assert (tmp_path / "report" / png).stat().st_size > 1000
     # every version of the run through the evaluation suite, with intervals, in the report
@@ -182,14 +190,22 @@ def test_rejected_candidate_never_serves(undisturbed):
         assert f"serving {run}.m2 " not in log and f"serving {run}.m3 " not in log  # ... and never a rejected one
 
 
-# The stages during which each service is killed (once each, after a random delay).
-VICTIMS = {
-    "controller": (records_pb2.STAGE_SFT, records_pb2.STAGE_CANDIDATES, records_pb2.STAGE_JUDGMENTS,
-                   records_pb2.STAGE_EVAL),
-    "sampler": (records_pb2.STAGE_CANDIDATES,),
-    "judge": (records_pb2.STAGE_CANDIDATES, records_pb2.STAGE_JUDGMENTS),
-    "trainer": (records_pb2.STAGE_TRAINING,),
-}
+# Where each service is killed. The workers are held by a failpoint in the window between
+# writing the outputs of their n-th batch with outputs and committing it (the trainer's 1st is
+# its SFT round's version record, its 2nd the DPO round's); the controller is killed in a random
+# stage, after a random delay.
+WINDOW = "worker.before_commit"
+HELD = {"sampler": (1,), "judge": (1,), "trainer": (1, 2)}
+OUTPUT_TOPIC = {"sampler": "candidates", "judge": "judgments", "trainer": "models"}
+CONTROLLER_STAGES = (records_pb2.STAGE_SFT, records_pb2.STAGE_CANDIDATES, records_pb2.STAGE_JUDGMENTS,
+                     records_pb2.STAGE_TRAINING, records_pb2.STAGE_EVAL)
+
+
+def aborted(config: SRLMConfig, what: str) -> list:
+    """The records of ``what`` that were written but whose transaction was aborted."""
+    topic = getattr(TopicRegistry.from_config(config.kafka), what)
+    committed = {(r.partition, r.offset) for r in read_to_end(config.kafka, topic)}
+    return [r for r in read_to_end(config.kafka, topic, committed_only=False) if (r.partition, r.offset) not in committed]
 
 
 def test_crash_safety(undisturbed, tmp_path):
@@ -199,38 +215,46 @@ def test_crash_safety(undisturbed, tmp_path):
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
-    plan = {name: rng.choice(stages) for name, stages in VICTIMS.items()}
-    delays = {name: rng.uniform(0.0, 4.0) for name in VICTIMS}
+    hits = {name: rng.choice(choices) for name, choices in HELD.items()}
+    controller_stage, controller_delay = rng.choice(CONTROLLER_STAGES), rng.uniform(0.0, 4.0)
     killed: dict[str, str] = {}
-    seen_since: dict[str, float] = {}
+    controller_due: list[float] = []  # when the controller's stage was first seen
 
-    stack = started(stack_for(tmp_path))
+    stack = stack_for(tmp_path)
+    for name, hit in hits.items():
+        stack.service_envs[name] = {"SRLM_FAILPOINTS": f"{WINDOW}=pause(600)@{hit}"}
+    started(stack)
+
+    def kill(name: str, state: records_pb2.RunState) -> None:
+        stack.kill(name)
+        killed[name] = records_pb2.Stage.Name(state.stage)
+        stack.service_envs.pop(name, None)  # restarted without the failpoint
+        stack.start_service(name, wait=True)
 
     def chaos(state: records_pb2.RunState) -> None:
-        for name, stage in plan.items():
-            if name in killed:
-                continue
-            # a stage the run has already left is replaced by the current one
-            due = state.stage == stage or (state.stage > stage and state.stage in VICTIMS[name])
-            if not due:
-                continue
-            since = seen_since.setdefault(name, time.monotonic())
-            if time.monotonic() - since < delays[name]:
-                continue
-            stack.kill(name)
-            killed[name] = records_pb2.Stage.Name(state.stage)
-            stack.start_service(name, wait=True)
-            return  # one at a time
+        for name in HELD:
+            if name not in killed and f"failpoint {WINDOW} reached" in (stack.logs / f"{name}.log").read_text():
+                return kill(name, state)  # held in the window: its outputs written, not committed
+        if "controller" not in killed and state.stage >= controller_stage:
+            controller_due.append(time.monotonic())
+            if time.monotonic() - controller_due[0] >= controller_delay:
+                kill("controller", state)
 
     try:
         start_run(stack, RUN_ID)
         state = wait_run(stack, RUN_ID, RUN_TIMEOUT_S, on_poll=chaos)
         config = stack.client_config()
         assert state.stage == records_pb2.STAGE_DONE, state.error
-        assert len(killed) >= 3, f"chaos seed {seed}: only {killed} were killed"
+        plan = f"chaos seed {seed} (batches {hits}, controller in {records_pb2.Stage.Name(controller_stage)})"
+        assert set(killed) == {*HELD, "controller"}, f"{plan}: only {killed} were killed"
+        lost = {name: aborted(config, what) for name, what in OUTPUT_TOPIC.items()}
+        print(f"{plan}: killed {killed}; aborted records: {({n: len(r) for n, r in lost.items()})}")
+        for name, records in lost.items():  # each held kill aborted a transaction with outputs
+            assert records, f"{plan}: {name} was killed in the window, yet none of its outputs was aborted"
+        assert f"{RUN_ID}.m{hits['trainer']}" in {r.value.version_id for r in lost["trainer"]}, plan
         ids = pair_ids(config)
-        assert len(ids) == len(set(ids)), f"chaos seed {seed}, kills {killed}: a pair was produced twice"
-        assert sorted(ids) == expected, f"chaos seed {seed}, kills {killed}: pairs differ from the undisturbed run"
+        assert len(ids) == len(set(ids)), f"{plan}, kills {killed}: a pair was produced twice"
+        assert sorted(ids) == expected, f"{plan}, kills {killed}: pairs differ from the undisturbed run"
         store = ModelStore(config.model_store.root)
         assert sorted(m.version_id for m in store.list(RUN_ID)) == [f"{RUN_ID}.m0", f"{RUN_ID}.m1", f"{RUN_ID}.m2"]
         m2 = store.get(f"{RUN_ID}.m2")

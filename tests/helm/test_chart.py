@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from srlm.bus.acls import format_strimzi, service_acls
 from srlm.bus.topics import TopicRegistry
 from srlm.config import parse_config
 from srlm.controller.kube import MODEL_VERSION_ENV, PERMISSIONS, render_job
@@ -29,7 +30,7 @@ K8S_VERSION = "1.35.0"
 VALUE_SETS = ["default", "gpu-pools", "existing-pvc", "strimzi", "grpc-security"]
 INFERENCE = ("promptgen", "sampler", "judge")
 SERVICES = ("controller", "promptgen", "sampler", "judge", "trainer")
-CRD_KINDS = {"KafkaTopic", "ScaledObject", "Certificate"}  # no schema offline; asserted on below
+CRD_KINDS = {"KafkaTopic", "KafkaUser", "ScaledObject", "Certificate"}  # no schema offline; asserted on below
 
 
 def helm(helm_bin: Path, *args: str) -> subprocess.CompletedProcess:
@@ -228,8 +229,10 @@ def test_kafka_security_and_strimzi_topics(rendered):
     assert config.kafka.ssl_cafile == "/etc/srlm/kafka-tls/ca.crt"
     for name, spec in pod_specs(objs).items():
         env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        user = f"t-srlm-{'trainer' if name == 'dpo' else name}"  # each its own KafkaUser's Secret
+        assert env["SRLM_KAFKA__SASL_PLAIN_USERNAME"]["value"] == user, name
         assert env["SRLM_KAFKA__SASL_PLAIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == \
-            {"name": "srlm-kafka-user", "key": "password"}, name
+            {"name": user, "key": "password"}, name
         (tls,) = [v for v in spec["volumes"] if v["name"] == "kafka-tls"]
         assert tls["secret"]["secretName"] == "prod-cluster-ca-cert"
     # The KafkaTopics are the topics srlm's own registry would create from the chart's config.
@@ -244,6 +247,26 @@ def test_kafka_security_and_strimzi_topics(rendered):
     assert topics["prod-srlm.models"]["config"]["cleanup.policy"] == "compact"
     assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in find(objs, "KafkaTopic")} == {"prod"}
     assert not find(rendered["default"], "KafkaTopic")
+
+
+def test_kafka_users_carry_the_services_acls(rendered):
+    """One KafkaUser per service whose ACLs are srlm's own table (bus/acls.py) for the prefix,
+    from a chart file that is that table, generated."""
+    generated = yaml.safe_load(format_strimzi(service_acls("")))
+    assert yaml.safe_load((CHART / "kafka" / "acls.yaml").read_text()) == generated, \
+        "helm/srlm/kafka/acls.yaml is stale: regenerate it (command in its header)"
+    want = yaml.safe_load(format_strimzi(service_acls("prod-srlm")))["users"]
+    users = {u["metadata"]["name"]: u for u in find(rendered["strimzi"], "KafkaUser")}
+    assert set(users) == {f"t-srlm-{s}" for s in ("controller", "promptgen", "sampler", "judge", "trainer")}
+    for name, user in users.items():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "prod"
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert user["spec"]["authorization"] == want[name.replace("t-srlm-", "srlm-")]["authorization"], name
+    sampler = users["t-srlm-sampler"]["spec"]["authorization"]["acls"]
+    assert {"resource": {"type": "topic", "name": "prod-srlm.candidates", "patternType": "literal"},
+            "operations": ["Write"]} in sampler
+    assert not any(a["resource"]["name"] == "prod-srlm.pairs" for a in sampler)  # the judge's output
+    assert not find(rendered["default"], "KafkaUser")
 
 
 def test_keda_scales_sampler_and_judge_on_lag(rendered):

@@ -191,14 +191,26 @@ def test_controller_api(stack):
 
     versions = controller.ListModels(services_pb2.ListModelsRequest(), timeout=30).versions
     assert m0 in {v.version_id for v in versions}
-    # Promote reaches the inference services (hot reload) and is recorded.
-    promoted = controller.Promote(services_pb2.PromoteRequest(version_id=m0, reason="test"), timeout=600)
+    # Promote reaches every inference service (hot reload) and is recorded: a version that
+    # none of them serves yet (they all serve m0 by now).
+    from srlm.models.importer import import_base_model
+    from srlm.models.store import ModelStore
+
+    fresh = import_base_model(ModelStore(config.model_store.root), version_id="m0-next").version_id
+    promoted = controller.Promote(services_pb2.PromoteRequest(version_id=fresh, reason="test"), timeout=600)
     assert promoted.status == records_pb2.MODEL_STATUS_PROMOTED
-    for name, stub in [("sampler", services_pb2_grpc.SamplerStub)]:
-        reply = stub(ch[name]).Sample(services_pb2.SampleRequest(
-            messages=[records_pb2.ChatMessage(role="user", content="hi")],
-            params=records_pb2.SamplingParams(n=1, max_tokens=4)), timeout=300)
-        assert reply.model_version == m0
+    chat = [records_pb2.ChatMessage(role="user", content="hi")]
+    sampled = services_pb2_grpc.SamplerStub(ch["sampler"]).Sample(services_pb2.SampleRequest(
+        messages=chat, params=records_pb2.SamplingParams(n=1, max_tokens=4)), timeout=300)
+    scored = services_pb2_grpc.JudgeStub(ch["judge"]).Score(services_pb2.ScoreRequest(
+        prompt="hi", response="hello", num_judgments=1), timeout=300)
+    promptgen = services_pb2_grpc.PromptGenStub(ch["promptgen"])
+    prompts = []
+    for seed in range(3):  # the filters may reject a round's generations
+        prompts += promptgen.GeneratePrompts(services_pb2.GeneratePromptsRequest(
+            run_id="grpc", iteration=1, num_prompts=2, seed=seed), timeout=600).prompts
+    assert sampled.model_version == scored.model_version == fresh
+    assert prompts and {p.meta.model_version for p in prompts} == {fresh}
     # m0 has no earlier promoted version to roll back to
     err = error_of(controller.Rollback, services_pb2.RollbackRequest(run_id=""))
     assert err.code() == grpc.StatusCode.NOT_FOUND

@@ -23,6 +23,11 @@
 {{- printf "%s-%s" (include "srlm.fullname" .root) .name -}}
 {{- end -}}
 
+{{/* A service's Strimzi KafkaUser (and its Secret): the DPO Job logs in as the trainer. */}}
+{{- define "srlm.kafkaUser" -}}
+{{- printf "%s-%s" (include "srlm.fullname" .root) (.name | replace "dpo" "trainer") -}}
+{{- end -}}
+
 {{- define "srlm.controllerServiceAccount" -}}
 {{- printf "%s-controller" (include "srlm.fullname" .) -}}
 {{- end -}}
@@ -124,13 +129,21 @@ affinity:
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef: {fieldPath: metadata.namespace}
-{{- with .root.Values.kafka.sasl.existingSecret }}
+{{- if .root.Values.kafka.users.strimzi.enabled }}
+{{- $user := include "srlm.kafkaUser" . }}
 - name: SRLM_KAFKA__SASL_PLAIN_USERNAME
-  valueFrom:
-    secretKeyRef: {name: {{ . }}, key: {{ $.root.Values.kafka.sasl.usernameKey }}}
+  value: {{ $user }}
 - name: SRLM_KAFKA__SASL_PLAIN_PASSWORD
   valueFrom:
-    secretKeyRef: {name: {{ . }}, key: {{ $.root.Values.kafka.sasl.passwordKey }}}
+    secretKeyRef: {name: {{ $user }}, key: password}
+{{- else if .root.Values.kafka.sasl.existingSecret }}
+{{- $sasl := .root.Values.kafka.sasl }}
+- name: SRLM_KAFKA__SASL_PLAIN_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ $sasl.existingSecret }}, key: {{ $sasl.usernameKey }}}
+- name: SRLM_KAFKA__SASL_PLAIN_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $sasl.existingSecret }}, key: {{ $sasl.passwordKey }}}
 {{- end }}
 {{- with .values.extraEnv }}
 {{ toYaml . }}

@@ -1,7 +1,8 @@
 """Read a topic from the beginning to its current end, outside any consumer group.
 
 For state held in compacted topics (the controller rebuilding runs and model versions) and
-for checking what a stage produced. Reads committed records only.
+for checking what a stage produced. Reads committed records only, unless asked for every
+record written (aborted transactions' included: what the crash tests count).
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from srlm.bus.topics import Topic
 from srlm.config import KafkaConfig
 
 
-def read_to_end(cfg: KafkaConfig, topic: Topic, timeout_s: float = 30.0) -> list[Record]:
-    """Every committed record of ``topic`` up to its end offsets at the time of the call.
+def read_to_end(cfg: KafkaConfig, topic: Topic, timeout_s: float = 30.0, committed_only: bool = True) -> list[Record]:
+    """Every committed (or, with ``committed_only=False``, every written) record of ``topic``
+    up to its end offsets at the time of the call.
 
     Raises ``TimeoutError`` if the end is not reached in ``timeout_s`` and ``DecodeFailure``
     for a record that is not the topic's message type.
     """
     check_connection(cfg)
     consumer = KafkaConsumer(**cfg.client_kwargs(), group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed", auto_offset_reset="earliest")
+                             isolation_level="read_committed" if committed_only else "read_uncommitted",
+                             auto_offset_reset="earliest")
     try:
         partitions = consumer.partitions_for_topic(topic.name)
         if not partitions:

@@ -42,6 +42,7 @@ from srlm.bus.envelope import HEADER_TRACE, DecodeFailure, Record, decode_header
 from srlm.bus.producer import RecordProducer
 from srlm.bus.topics import Topic, TopicRegistry
 from srlm.config import KafkaConfig
+from srlm.failpoints import armed, failpoint
 from srlm.v1 import records_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,9 @@ class Worker:
                 self.producer.begin_transaction()
                 for out in outputs:
                     self.producer.send(out.topic, out.msg, out.key, out.headers)
+                if outputs and armed("worker.before_commit"):
+                    self.producer.flush()  # in the log, not yet committed: where a crash test aims
+                    failpoint("worker.before_commit")
                 self.producer.commit_transaction(offsets, self._consumer.group_metadata())
             else:
                 self._produce_then_commit(outputs, offsets)
@@ -326,6 +330,8 @@ class Worker:
         for out in outputs:
             self.producer.send(out.topic, out.msg, out.key, out.headers)
         self.producer.flush()  # raises unless every output is durably written
+        if outputs:
+            failpoint("worker.before_commit")
         try:
             self._consumer.commit(offsets)
         except KafkaError as err:

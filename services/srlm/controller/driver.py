@@ -77,7 +77,7 @@ class RunDriver:
             if last is not None:
                 seconds = state.updated_at.ToMilliseconds() / 1000 - last.at.ToMilliseconds() / 1000
                 self.run_log.scalars(state.run_id, "stage_seconds", {STAGE_NAMES[last.stage]: seconds}, last.iteration)
-        self.run_log.scalars(state.run_id, STAGE_NAMES[state.stage], progress, state.iteration)
+        self.run_log.scalars(state.run_id, "run", progress, state.iteration)  # counts, judge and gate figures
         self._send("runs", state.run_id, state)
         event = records_pb2.RunEvent(run_id=state.run_id, iteration=state.iteration, stage=state.stage,
                                      message=message, progress=progress)

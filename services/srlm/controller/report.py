@@ -2,7 +2,8 @@
 
 It measures the failure modes the paper's method is known for: judge scores saturating,
 the chosen/rejected gap shrinking, responses growing longer every iteration, and the
-judge's parse rate.
+judge's parse rate; and where the time goes: each stage's wall time, each inference
+engine's busy spans (the records' ``meta.work``) and its utilisation.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
         if p.meta.run_id == state.run_id:
             pairs.setdefault(p.meta.id, p)
     tokens = {}
+    candidate_sets: dict[str, records_pb2.CandidateSet] = {}
     for cs in read_topic(config, "candidates"):
         if cs.meta.run_id == state.run_id:
             tokens.update({c.candidate_id: c.num_tokens for c in cs.candidates})
+            candidate_sets.setdefault(cs.meta.id, cs)
+    prompts = {p.meta.id: p for p in read_topic(config, "prompts") if p.meta.run_id == state.run_id}
+    work = engine_work({"promptgen": prompts.values(), "sampler": candidate_sets.values(),
+                        "judge": judgments.values()})
 
     per_iter: dict[int, dict[str, Any]] = defaultdict(lambda: {"scores": [], "decisions": Counter(), "parsed": 0,
                                                                "forced": 0, "judgments": 0, "candidates": 0,
@@ -86,24 +92,73 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             "judge_forced_share": it["forced"] / it["judgments"] if it["judgments"] else None,
             "score_statement_share": it["score_statements"] / it["candidates"] if it["candidates"] else None,
             "stage_seconds": {name: secs for (i, name), secs in seconds.items() if i == s.iteration},
+            "engine_work": {service: utilisation(spans[s.iteration]) for service, spans in work.items()
+                            if spans.get(s.iteration)},
             "mean_score": _mean(it["scores"]), "scores": it["scores"],
             "share_scores_ge_4": (sum(s >= 4 for s in it["scores"]) / len(it["scores"])) if it["scores"] else None,
             "mean_chosen_tokens": _mean(it["chosen_tokens"]), "mean_rejected_tokens": _mean(it["rejected_tokens"]),
             "mean_score_gap": _mean(it["gaps"]),
         })
     sft = {name: secs for (i, name), secs in seconds.items() if i == 0}
+    start = state.stage_starts[0].at.ToNanoseconds() / 1e9 if state.stage_starts else 0.0
+    timeline = {  # seconds since the run started: the timeline plot's bars
+        "stages": [[records_pb2.Stage.Name(st.stage).removeprefix("STAGE_").lower(), st.iteration,
+                    st.at.ToNanoseconds() / 1e9 - start, secs]
+                   for st, secs in zip(state.stage_starts, seconds_in_order(state))],
+        "engines": {service: [[a - start, b - start] for it_spans in spans.values() for a, b in merged(it_spans)]
+                    for service, spans in work.items()},
+    }
     return {"run_id": state.run_id, "stage": records_pb2.Stage.Name(state.stage), "error": state.error,
             "serving_version": state.serving_version, "sft_stage_seconds": sft, "iterations": iterations,
-            "versions": versions}
+            "versions": versions, "timeline": timeline}
+
+
+def engine_work(records_by_service: dict[str, Any]) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """service -> iteration -> the (start, end) wall times of its engine's work on each record."""
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for service, records in records_by_service.items():
+        spans = out.setdefault(service, defaultdict(list))
+        for r in records:
+            w = r.meta.work
+            if w.instance:
+                spans[r.meta.iteration].append((w.started_at.ToNanoseconds() / 1e9, w.ended_at.ToNanoseconds() / 1e9))
+    return out
+
+
+def merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of ``spans`` as disjoint sorted intervals (records of one engine call share one)."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def utilisation(spans: list[tuple[float, float]]) -> dict[str, float]:
+    """Busy seconds (the union of the spans), the wall seconds from the first start to the
+    last end, and their ratio: how much of the time it had this iteration's work the engine
+    was working on it."""
+    union = merged(spans)
+    busy = sum(b - a for a, b in union)
+    wall = union[-1][1] - union[0][0]
+    return {"busy_seconds": busy, "wall_seconds": wall, "utilisation": busy / wall if wall > 0 else 1.0,
+            "records": len(spans)}
+
+
+def seconds_in_order(state: records_pb2.RunState) -> list[float]:
+    """Wall seconds of each entry of ``stage_starts``: from its start to the next one's (the
+    last one's to the state's last update)."""
+    starts = list(state.stage_starts)
+    ends = [s.at for s in starts[1:]] + [state.updated_at]
+    return [(end.ToNanoseconds() - s.at.ToNanoseconds()) / 1e9 for s, end in zip(starts, ends)]
 
 
 def stage_seconds(state: records_pb2.RunState) -> dict[tuple[int, str], float]:
-    """Wall seconds of each (iteration, stage): from its start to the next stage's (the last
-    one's to the state's last update)."""
-    starts = list(state.stage_starts)
-    ends = [s.at for s in starts[1:]] + [state.updated_at]
-    return {(s.iteration, records_pb2.Stage.Name(s.stage).removeprefix("STAGE_").lower()):
-            (end.ToNanoseconds() - s.at.ToNanoseconds()) / 1e9 for s, end in zip(starts, ends)}
+    """Wall seconds of each (iteration, stage)."""
+    return {(s.iteration, records_pb2.Stage.Name(s.stage).removeprefix("STAGE_").lower()): secs
+            for s, secs in zip(state.stage_starts, seconds_in_order(state))}
 
 
 def _plot(path: Path, draw) -> str:
@@ -178,6 +233,22 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
         ax.set(title="Eval gate and judge parse rate", ylim=(0, 1.05))
         ax.legend()
     made.append(_plot(out / "eval.png", evals))
+
+    def timeline(ax):
+        stages, engines = report["timeline"]["stages"], report["timeline"]["engines"]
+        rows = ["stage", *engines]
+        colours = plt.get_cmap("tab10")
+        names = sorted({name for name, *_ in stages})
+        for name, iteration, start, secs in stages:
+            ax.broken_barh([(start, secs)], (0.6, 0.8), color=colours(names.index(name) % 10))
+            if secs > 0.04 * max(s + d for *_, s, d in stages):
+                ax.text(start + secs / 2, 1.0, f"{name}\ni{iteration}", ha="center", va="center", fontsize=6)
+        for row, service in enumerate(engines, start=2):
+            ax.broken_barh([(a, b - a) for a, b in engines[service]], (row - 0.4, 0.8), color="tab:gray")
+        ax.set(title="Timeline: stages and each engine's busy spans", xlabel="seconds since the run started",
+               yticks=range(1, len(rows) + 1), yticklabels=rows, ylim=(0.4, len(rows) + 0.6))
+    if report["timeline"]["stages"]:
+        made.append(_plot(out / "timeline.png", timeline))
     return made
 
 

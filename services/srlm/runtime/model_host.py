@@ -9,14 +9,18 @@ batch in flight and no batch ever runs on half a model.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from srlm.config import SRLMConfig
 from srlm.models.engines import Conversation, GenerationEngine, GenerationResult, SamplingParams, create_engine
 from srlm.models.store import ModelStore
 from srlm.runtime import metrics
+from srlm.v1 import records_pb2
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ class ModelHost:
         self._lock = threading.RLock()
         self.version_id: str | None = None
         self.on_load: list[Callable[[str], None]] = []  # e.g. health: SERVING once a model is loaded
+        self.instance = f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
+        self._spans = threading.local()  # (start, end) wall times of the engine calls inside work()
 
     def _get_engine(self) -> GenerationEngine:
         if self._engine is None:
@@ -65,9 +71,9 @@ class ModelHost:
                 self.load(version_id)
             if self.version_id is None:
                 raise RuntimeError(f"{self.service}: no model version loaded")
-            start = time.perf_counter()
-            results = self._get_engine().generate(conversations, params)
-            elapsed = time.perf_counter() - start
+            with self._engine_call() as span:
+                results = self._get_engine().generate(conversations, params)
+            elapsed = span[1] - span[0]
             served = self.version_id
         tokens = sum(c.num_tokens for r in results for c in r.completions)
         metrics.GENERATED_TOKENS.labels(self.service).inc(tokens)
@@ -80,7 +86,8 @@ class ModelHost:
         with self._lock:
             if self.version_id is None:
                 raise RuntimeError(f"{self.service}: no model version loaded")
-            return self._get_engine().choice_probabilities(conversations, prefixes, choices)
+            with self._engine_call():
+                return self._get_engine().choice_probabilities(conversations, prefixes, choices)
 
     def label_probabilities(self, conversations: list[Conversation], prefixes: list[str], labels: tuple[str, ...]
                             ) -> tuple[list[list[float]], list[str], tuple[str, ...]]:
@@ -94,6 +101,31 @@ class ModelHost:
         except ValueError:
             spaced = [p + " " for p in prefixes]
             return self.choice_probabilities(conversations, spaced, labels), spaced, labels
+
+    @contextmanager
+    def work(self) -> Iterator[records_pb2.EngineWork]:
+        """The span of the engine calls this thread makes inside, filled in on exit: what a
+        record's ``meta.work`` says (unset if no call was made)."""
+        work = records_pb2.EngineWork()
+        self._spans.calls = []
+        try:
+            yield work
+        finally:
+            calls, self._spans.calls = self._spans.calls, None
+            if calls:
+                work.instance = self.instance
+                work.started_at.FromNanoseconds(int(calls[0][0] * 1e9))
+                work.ended_at.FromNanoseconds(int(calls[-1][1] * 1e9))
+
+    @contextmanager
+    def _engine_call(self) -> Iterator[list[float]]:
+        span = [time.time(), 0.0]
+        try:
+            yield span
+        finally:
+            span[1] = time.time()
+            if getattr(self._spans, "calls", None) is not None:
+                self._spans.calls.append(tuple(span))
 
     def close(self) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from contextlib import nullcontext
 from typing import Callable, Iterable
 
 from google.protobuf.message import Message
@@ -51,6 +52,7 @@ class StageWorker:
         self.topics = TopicRegistry.from_config(config.kafka)
         self.input = getattr(self.topics, input_what)
         self._handler = handler
+        self.host: ModelHost | None = None  # attach(): its engine calls are timed per record
         self.worker: Worker | None = None
         self.admission = None
         self.broker_reachable = True
@@ -59,10 +61,13 @@ class StageWorker:
 
     def _handle(self, record) -> list[Output]:
         metrics.RECORDS_IN.labels(self.service, self.input.name).inc()
-        with metrics.BATCH_SECONDS.labels(self.service).time():
+        with metrics.BATCH_SECONDS.labels(self.service).time(), \
+                (self.host.work() if self.host else nullcontext()) as work:
             outputs = [Output(getattr(self.topics, what), msg, key) for what, key, msg in self._handler(record.value)]
         for out in outputs:
             metrics.RECORDS_OUT.labels(self.service, out.topic.name).inc()
+            if work is not None and work.instance and "meta" in out.msg.DESCRIPTOR.fields_by_name:
+                out.msg.meta.work.CopyFrom(work)  # the engine time behind it, for the report's timeline
         return outputs
 
     def start(self) -> None:
@@ -104,6 +109,7 @@ class StageWorker:
         Health "" is the process (its worker runs); the service's own name is SERVING once a
         model is loaded, so online calls are routed only to replicas that can answer them.
         """
+        self.host = host
         if host is not None:
             from srlm.runtime.inference import initial_version
 

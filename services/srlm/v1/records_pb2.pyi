@@ -95,20 +95,32 @@ COMMAND_KIND_TRAIN_SFT: CommandKind
 COMMAND_KIND_TRAIN_DPO: CommandKind
 
 class RecordMeta(_message.Message):
-    __slots__ = ("run_id", "iteration", "model_version", "id", "created_at", "trace_id")
+    __slots__ = ("run_id", "iteration", "model_version", "id", "created_at", "trace_id", "work")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORK_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     iteration: int
     model_version: str
     id: str
     created_at: _timestamp_pb2.Timestamp
     trace_id: str
-    def __init__(self, run_id: _Optional[str] = ..., iteration: _Optional[int] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    work: EngineWork
+    def __init__(self, run_id: _Optional[str] = ..., iteration: _Optional[int] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., work: _Optional[_Union[EngineWork, _Mapping]] = ...) -> None: ...
+
+class EngineWork(_message.Message):
+    __slots__ = ("instance", "started_at", "ended_at")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    def __init__(self, instance: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")

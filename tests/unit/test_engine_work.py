@@ -1,0 +1,38 @@
+"""ModelHost.work(): the span of the engine calls a thread makes, for a record's meta.work
+(a stand-in engine: what is tested is the timing glue, not generation)."""
+
+from __future__ import annotations
+
+import time
+
+from srlm.config import SRLMConfig
+from srlm.models.engines import GenerationResult, SamplingParams
+from srlm.runtime.model_host import ModelHost
+
+
+class SleepyEngine:
+    def generate(self, conversations, params):
+        time.sleep(0.05)
+        return [GenerationResult(prompt_tokens=1, completions=[]) for _ in conversations]
+
+    def choice_probabilities(self, conversations, prefixes, choices):
+        time.sleep(0.05)
+        return [[1.0] for _ in conversations]
+
+
+def test_work_spans_the_engine_calls_made_inside(tmp_path):
+    host = ModelHost("judge", SRLMConfig(), engine=SleepyEngine())
+    host.version_id = "v"  # as if loaded
+    with host.work() as idle:
+        pass
+    assert not idle.instance and not idle.HasField("started_at")  # no engine call: no work
+    before = time.time()
+    with host.work() as work:
+        host.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1))
+        time.sleep(0.05)
+        host.choice_probabilities([[{"role": "user", "content": "hi"}]], ["x"], ("a",))
+    after = time.time()
+    start, end = work.started_at.ToNanoseconds() / 1e9, work.ended_at.ToNanoseconds() / 1e9
+    assert before <= start and end <= after and end - start >= 0.15  # first start to last end
+    assert work.instance.endswith(f"/{__import__('os').getpid()}")
+    host.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1))  # outside work(): not recorded

@@ -3,7 +3,8 @@
 Both train SmolLM2-135M (M0) for one epoch on the same synthetic preference pairs, batch 2
 (no gradient accumulation), max length 512, on the CPU (or a GPU if there is one):
   * srlm: ``srlm.trainer.dpo.train_dpo`` with the paper's DPO config (beta 0.1, lr 1e-6 -> 1e-7,
-    dropout 0.1), gradient checkpointing, bf16 autocast, reference log-probs precomputed;
+    dropout 0.1), gradient checkpointing of every 2nd layer, bf16 autocast, reference log-probs
+    precomputed;
   * TRL: ``trl.DPOTrainer`` with TRL's defaults (bf16 autocast, gradient checkpointing, dropout
     disabled, a second model as the reference) and only what the comparison fixes: one epoch,
     batch 2, max length 512, ``use_cpu`` on a CPU machine, the same seed.

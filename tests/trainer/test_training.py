@@ -158,6 +158,31 @@ def test_dpo_variants_run_and_publish_a_full_model(m0, tmp_path, variant):
     assert weights_changed(store, "m0", version)
 
 
+@pytest.mark.parametrize("every_n", [1, 2])
+def test_gradient_checkpointing_every_n_layers_holds_through_trl_reference_forwards(m0, tmp_path, every_n):
+    """TRL turns checkpointing off around each reference forward (here: no precomputed
+    reference) and back on: still every n-th of SmolLM2's 30 layers at every step."""
+    from transformers import TrainerCallback
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from srlm.trainer.data import dpo_examples
+    from srlm.trainer.dpo import build_dpo_trainer
+
+    store, base = m0
+    counts = []
+
+    class CountCheckpointed(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            counts.append(sum(m.gradient_checkpointing for m in model.modules()
+                              if isinstance(m, GradientCheckpointingLayer)))
+
+    cfg = tiny(DPOConfig, precompute_ref_log_probs=False, gradient_checkpointing_every_n_layers=every_n)
+    trainer = build_dpo_trainer(store.path(base.version_id), dpo_examples(PAIRS), cfg, output_dir=tmp_path / "w",
+                                seed=5, callbacks=[CountCheckpointed()])
+    trainer.train()
+    assert counts == [30 // every_n] * 2
+
+
 def test_killed_dpo_run_resumes_from_its_checkpoint_and_publishes_once(m0, tmp_path):
     store, _ = m0
     work, first, second = tmp_path / "w", tmp_path / "first.jsonl", tmp_path / "second.jsonl"

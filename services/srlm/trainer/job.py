@@ -71,6 +71,8 @@ def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> 
         "use_cpu": not torch.cuda.is_available(),  # TRL's bf16 fails on a CPU unless use_cpu is set
         "bf16": cfg.precision == "bf16",
         "gradient_checkpointing": cfg.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False,
+                                          "every_n_layers": cfg.gradient_checkpointing_every_n_layers},
         "include_num_input_tokens_seen": "non_padding",
         "report_to": [],
         "disable_tqdm": True,
@@ -85,7 +87,24 @@ def load_model(model_dir: Path, cfg: TrainingSection) -> tuple[PreTrainedModel, 
         log.warning("%s has none of the dropout fields %s: training without dropout", config.model_type,
                     DROPOUT_FIELDS)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **dropout)
+    if cfg.gradient_checkpointing:
+        keep_every_n_layers(model, cfg.gradient_checkpointing_every_n_layers)
     return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def keep_every_n_layers(model: PreTrainedModel, every_n_layers: int) -> None:
+    """Make every (re-)enabling of gradient checkpointing on ``model`` checkpoint every n-th layer.
+
+    The Trainer passes ``every_n_layers`` from ``gradient_checkpointing_kwargs``, but TRL turns
+    checkpointing off around each reference forward (LoRA, or no precomputed reference) and back
+    on with those kwargs as the checkpoint function's arguments: every layer again."""
+    enable = model.gradient_checkpointing_enable
+
+    def enable_every_n(gradient_checkpointing_kwargs=None, every_n_layers=every_n_layers, **kwargs):
+        checkpoint_kwargs = {k: v for k, v in (gradient_checkpointing_kwargs or {}).items() if k != "every_n_layers"}
+        return enable(checkpoint_kwargs or None, every_n_layers=every_n_layers, **kwargs)
+
+    model.gradient_checkpointing_enable = enable_every_n
 
 
 def set_logprob_tile(cfg: TrainingSection) -> None:

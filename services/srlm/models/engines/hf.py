@@ -70,6 +70,42 @@ def _load_model(model_dir: Path, dtype: str):
     return model_class.from_pretrained(None, config=config, state_dict=state, dtype=torch_dtype)
 
 
+DECODE_ATTENTION = "srlm_cpu_decode"
+
+
+def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' attention interface: a decode step (one query token per row) as two
+    matmuls per group of query heads sharing a KV head; anything else by SDPA.
+
+    On a CPU, torch's SDPA takes ~14 ms a layer for a decode step of 15 rows over 1,100 cached
+    tokens (judge prompts), these matmuls in fp32 ~2.4 ms: the judge's decode steps ran ~6x
+    slower than they need to, and batching rows did not pay."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1 or query.device.type != "cpu" or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows, heads, _, dim = query.shape
+    groups = key.shape[1]
+    # in fp32, as SDPA accumulates (an fp32 engine gives exactly SDPA's tokens)
+    grouped = query.view(rows, groups, heads // groups, dim).float()
+    scores = torch.matmul(grouped, key.transpose(-1, -2).float()) * (dim ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:  # SDPA's mask [rows, 1, 1, keys]: True (or 0) where a key may be seen
+        mask = attention_mask[..., -key.shape[2]:]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(torch.softmax(scores, dim=-1), value.float())
+    return out.to(query.dtype).reshape(rows, 1, heads, dim), None
+
+
+def _register_decode_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
 class NucleusSampler:
     """Top-p sampling as a logits processor: draws the next token itself and leaves only that
     token finite, so ``generate``'s greedy step takes it.
@@ -107,6 +143,22 @@ def _group_consecutive(keys: list) -> list[int]:
     for i, key in enumerate(keys):
         groups.append(groups[-1] + (key != keys[i - 1]) if groups else 0)
     return groups
+
+
+def _length_buckets(lengths: list[int], waste: float = 0.1, slack: int = 256) -> list[list[int]]:
+    """Indices of ``lengths`` in buckets of similar length, shortest first: a bucket padded to
+    its longest wastes at most ``waste`` of its padded tokens, or ``slack`` tokens (short
+    sequences are cheaper together than one forward each)."""
+    buckets: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if buckets:
+            members = buckets[-1] + [i]
+            padded = lengths[i] * len(members)
+            if padded - sum(lengths[j] for j in members) <= max(waste * padded, slack):
+                buckets[-1] = members
+                continue
+        buckets.append([i])
+    return buckets
 
 
 def _common_prefix(rows: list[list[int]]) -> list[int]:
@@ -160,6 +212,9 @@ class TransformersEngine(GenerationEngine):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = load_model(model_dir, self.cfg.dtype).to(self.device).eval()
+        if self.device == "cpu" and model.config._attn_implementation == "sdpa":
+            _register_decode_attention()
+            model.set_attn_implementation(DECODE_ATTENTION)
         self.model, self.tokenizer, self.model_dir, self.version_id = model, tokenizer, model_dir, version_id
 
     def _unload(self) -> None:
@@ -185,13 +240,14 @@ class TransformersEngine(GenerationEngine):
             budgets = [token_budget(len(ids), params.max_tokens, self.cfg.max_model_len) for ids in prompt_ids]
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            # Rows are (prompt index, sample index); similar lengths together waste less padding.
+            # Rows are (prompt index, sample index); similar lengths together waste less padding,
+            # and a prompt's samples stay in one batch (they share its prefill).
             order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
             samples = distinct_samples(params)
-            rows = [(i, k) for i in order for k in range(samples)]
+            per_batch = max(1, self.cfg.max_batch_size // samples)
             out: list[list[Completion]] = [[None] * samples for _ in prompt_ids]  # type: ignore[list-item]
-            for start in range(0, len(rows), self.cfg.max_batch_size):
-                chunk = rows[start:start + self.cfg.max_batch_size]
+            for start in range(0, len(order), per_batch):
+                chunk = [(i, k) for i in order[start:start + per_batch] for k in range(samples)]
                 completions = self._generate_rows([prompt_ids[i] for i, _ in chunk],
                                                   [budgets[i] for i, _ in chunk], params)
                 for (i, k), completion in zip(chunk, completions):
@@ -242,16 +298,38 @@ class TransformersEngine(GenerationEngine):
 
     def _prefill(self, ids, mask, row_of: list[int]):
         """The KV cache of left-padded ``ids``, computed once per sequence and then repeated
-        for each row that begins with it (``row_of[row]`` is the row's sequence)."""
+        for each row that begins with it (``row_of[row]`` is the row's sequence).
+
+        Sequences run in buckets of similar length, each padded only to its own longest, and
+        their caches are left-padded into one batch for the decode (judge prompts of 400 to
+        1,250 tokens padded to one width spent most of a batch's prefill on padding)."""
         import torch
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        if ids.shape[1]:
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                       use_cache=True)
-            cache.reorder_cache(torch.tensor(row_of, device=self.device))
+        width = ids.shape[1]
+        if not width:
+            return cache
+        keys: list = []
+        values: list = []
+        for bucket in _length_buckets(mask.sum(-1).tolist()):
+            rows = torch.tensor(bucket, device=self.device)
+            sub_mask = mask[rows]
+            start = int((sub_mask.sum(0) > 0).nonzero()[0])  # left-padded: the bucket's columns
+            sub_mask = sub_mask[:, start:]
+            part = DynamicCache(config=self.model.config)
+            self.model(input_ids=ids[rows][:, start:], attention_mask=sub_mask,
+                       position_ids=(sub_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=part, use_cache=True)
+            for n, layer in enumerate(part.layers):
+                if n == len(keys):
+                    shape = (len(mask), *layer.keys.shape[1:2], width, layer.keys.shape[-1])
+                    keys.append(layer.keys.new_zeros(shape))
+                    values.append(layer.values.new_zeros(shape))
+                keys[n][rows, :, start:] = layer.keys
+                values[n][rows, :, start:] = layer.values
+        index = torch.tensor(row_of, device=self.device)
+        for n, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k[index], v[index], n)
         return cache
 
     def _generate_rows(self, inputs: list[list[int]], budgets: list[int],

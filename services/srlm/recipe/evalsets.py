@@ -148,7 +148,18 @@ def ifeval_results(prompt: EvalPrompt, response: str, strict: bool = True) -> li
         spec.key, list(spec.instruction_id_list), prompt.text, [dict(k) for k in spec.kwargs]
     )
     test = evaluation.test_instruction_following_strict if strict else evaluation.test_instruction_following_loose
-    return list(test(example, {prompt.text: response}).follow_instruction_list)
+    # The checker draws at random: langdetect's language guess, and values for instructions
+    # built without some of their arguments. Seeded per call, the same answer always gets the
+    # same verdict (a cached evaluation gave instruction-level figures one instruction apart).
+    from langdetect import DetectorFactory
+
+    DetectorFactory.seed = 0
+    state = random.getstate()
+    random.seed(0)
+    try:
+        return list(test(example, {prompt.text: response}).follow_instruction_list)
+    finally:
+        random.setstate(state)
 
 
 def ifeval_check(prompt: EvalPrompt, response: str, strict: bool = True) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from srlm.config import SRLMConfig
@@ -20,7 +21,7 @@ class SleepyEngine:
         return [[1.0] for _ in conversations]
 
 
-def test_work_spans_the_engine_calls_made_inside(tmp_path):
+def test_work_spans_the_engine_calls_made_inside():
     host = ModelHost("judge", SRLMConfig(), engine=SleepyEngine())
     host.version_id = "v"  # as if loaded
     with host.work() as idle:
@@ -34,5 +35,5 @@ def test_work_spans_the_engine_calls_made_inside(tmp_path):
     after = time.time()
     start, end = work.started_at.ToNanoseconds() / 1e9, work.ended_at.ToNanoseconds() / 1e9
     assert before <= start and end <= after and end - start >= 0.15  # first start to last end
-    assert work.instance.endswith(f"/{__import__('os').getpid()}")
+    assert work.instance.endswith(f"/{os.getpid()}")
     host.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1))  # outside work(): not recorded

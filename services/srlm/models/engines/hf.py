@@ -8,6 +8,7 @@ the same conversations, parameters and seed give the same completions.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -98,6 +99,7 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
     return out.to(query.dtype).reshape(rows, 1, heads, dim), None
 
 
+@functools.cache
 def _register_decode_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,56 +83,78 @@ def test_killed_srlm_up_leaves_no_process_behind(tmp_path):
     assert not alive, f"orphaned: {[(p.pid, p.cmdline()) for p in alive]}"
 
 
-def slow_service(kafka_config, delay_s: float, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.services.slow_service_proc",
-                             "--bootstrap", kafka_config.bootstrap_servers[0], "--prefix", kafka_config.topic_prefix,
-                             "--delay", str(delay_s), "--deadline", str(DEADLINE_S), *extra],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc
-
-
-def wait_line(proc: subprocess.Popen, prefix: str, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith(prefix):
-            return line
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    pytest.fail(f"no {prefix!r} line from the service:\n{''.join(seen)[-3000:]}")
-
-
-def test_sigterm_in_a_long_batch_exits_within_the_deadline_and_the_batch_is_redone_once(kafka_config, kafka_topics):
-    prompt = pb.Prompt(meta=pb.RecordMeta(run_id="r", iteration=1, id="p-1"), text="a prompt")
+def send_prompt(kafka_config, kafka_topics, prompt_id: str) -> None:
+    """A prompt of run "r", which is in its candidates stage."""
     producer = RecordProducer(kafka_config, kafka_topics)
     producer.send(kafka_topics.runs, pb.RunState(run_id="r", stage=pb.STAGE_CANDIDATES, iteration=1))
-    producer.send(kafka_topics.prompts, prompt, "p-1")
+    producer.send(kafka_topics.prompts, pb.Prompt(meta=pb.RecordMeta(run_id="r", iteration=1, id=prompt_id),
+                                                  text="a prompt"), prompt_id)
     producer.flush()
     producer.close()
 
-    slow = slow_service(kafka_config, delay_s=600)  # a batch far longer than the deadline
-    wait_line(slow, "handling p-1")
+
+class SlowService:
+    """``tests.services.slow_service_proc`` with its output drained by a thread: a service whose
+    broker is gone logs every reconnect, and an undrained pipe would block it mid-log."""
+
+    def __init__(self, kafka_config, delay_s: float, *extra: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.services.slow_service_proc",
+                                      "--bootstrap", kafka_config.bootstrap_servers[0],
+                                      "--prefix", kafka_config.topic_prefix, "--delay", str(delay_s),
+                                      "--deadline", str(DEADLINE_S), *extra],
+                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_line(self, prefix: str, timeout_s: float = 120) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(prefix):
+                    return line
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.1)
+        self.proc.kill()
+        pytest.fail(f"no {prefix!r} line from the service:\n{self.output()[-3000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit code once its output is read to the end."""
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(DEADLINE_S + 30)
+        self._reader.join(10)
+        return rc
+
+
+def test_sigterm_in_a_long_batch_exits_within_the_deadline_and_the_batch_is_redone_once(kafka_config, kafka_topics):
+    send_prompt(kafka_config, kafka_topics, "p-1")
+    slow = SlowService(kafka_config, delay_s=600)  # a batch far longer than the deadline
+    slow.wait_line("handling p-1")
     started = time.monotonic()
-    slow.send_signal(signal.SIGTERM)
-    rc = slow.wait(DEADLINE_S + 30)
+    rc = slow.stop()
     took = time.monotonic() - started
-    rest = slow.stdout.read()
+    rest = slow.output()
     assert took < DEADLINE_S + 5, f"stopped {took:.1f}s after SIGTERM (deadline {DEADLINE_S}s)\n{rest[-2000:]}"
     assert rc == 0 and "shutdown_deadline_s" in rest, rest[-2000:]
     assert read_to_end(kafka_config, kafka_topics.candidates) == []  # the batch was given back, not written
 
-    again = slow_service(kafka_config, delay_s=0)
+    again = SlowService(kafka_config, delay_s=0)
     try:
-        wait_line(again, "handling p-1")
+        again.wait_line("handling p-1")
         [done] = wait_for_records(kafka_config, kafka_topics.candidates, 1, timeout_s=60)
         assert done.value.prompt_id == "p-1"
         time.sleep(3)  # nothing else arrives: the prompt was handled once
         assert [r.value.prompt_id for r in read_to_end(kafka_config, kafka_topics.candidates)] == ["p-1"]
     finally:
-        again.send_signal(signal.SIGTERM)
-        again.wait(DEADLINE_S + 30)
+        again.stop()
 
 
 def health(port: int) -> str:
@@ -140,31 +163,34 @@ def health(port: int) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def test_a_service_without_its_broker_reports_not_serving_and_does_not_spin(kafka_broker, kafka_config):
+def test_a_service_without_its_broker_reports_not_serving_and_does_not_spin(kafka_broker, kafka_config, kafka_topics):
     lost_after = 6.0
-    service = slow_service(kafka_config, 0, "--broker-lost-after", str(lost_after))
+    service = SlowService(kafka_config, 0, "--broker-lost-after", str(lost_after))
     try:
-        port = int(wait_line(service, "ready").split()[1])
+        port = int(service.wait_line("ready").split()[1])
         wait_until_status(port, "SERVING", 30)
         kafka_broker.stop()
         try:
             lost = time.monotonic()
-            wait_until_status(port, "NOT_SERVING", lost_after + 30)
+            wait_until_status(port, "NOT_SERVING", lost_after + 30, service)
             assert time.monotonic() - lost >= lost_after - 1  # not before the configured time
-            proc = psutil.Process(service.pid)
+            proc = psutil.Process(service.proc.pid)
             before = sum(proc.cpu_times()[:2])
             time.sleep(10)
             cores = (sum(proc.cpu_times()[:2]) - before) / 10
             assert cores < 0.2, f"the service used {cores:.2f} cores with its broker gone"
         finally:
             kafka_broker.start()
-        wait_until_status(port, "SERVING", 90)
+        wait_until_status(port, "SERVING", 90, service)
+        send_prompt(kafka_config, kafka_topics, "p-after")  # its worker outlived the broker's absence
+        service.wait_line("handling p-after")
+        [done] = wait_for_records(kafka_config, kafka_topics.candidates, 1, timeout_s=60)
+        assert done.value.prompt_id == "p-after"
     finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(DEADLINE_S + 30)
+        service.stop()
 
 
-def wait_until_status(port: int, status: str, timeout_s: float) -> None:
+def wait_until_status(port: int, status: str, timeout_s: float, service: SlowService | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     seen = None
     while time.monotonic() < deadline:
@@ -172,4 +198,5 @@ def wait_until_status(port: int, status: str, timeout_s: float) -> None:
         if seen == status:
             return
         time.sleep(0.5)
-    pytest.fail(f"health stayed {seen} for {timeout_s:.0f}s, expected {status}")
+    said = f"; the service said:\n{service.output()[-20000:]}" if service else ""
+    pytest.fail(f"health stayed {seen} for {timeout_s:.0f}s, expected {status}{said}")

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAX_FENCED_IN_A_ROW = 3
 LAG_EVERY_S = 10.0
+POLL_BACKOFF_S = (1.0, 16.0)  # first and longest wait after a failed poll
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,18 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         self._consumer.subscribe([self.input.name], listener=_AssignmentListener(self))
-        lag_at = 0.0
+        lag_at, backoff_s = 0.0, POLL_BACKOFF_S[0]
         try:
             while not self._stop.is_set():
-                polled = self._consumer.poll(timeout_ms=self.cfg.poll_timeout_ms,
-                                             max_records=self.cfg.max_poll_records)
+                try:
+                    polled = self._consumer.poll(timeout_ms=self.cfg.poll_timeout_ms,
+                                                 max_records=self.cfg.max_poll_records)
+                except KafkaError as err:  # the broker is away (restarting, unreachable): wait for it
+                    log.warning("%s: poll failed (%r); retrying in %.0fs", self.service, err, backoff_s)
+                    self._stop.wait(backoff_s)
+                    backoff_s = min(2 * backoff_s, POLL_BACKOFF_S[1])
+                    continue
+                backoff_s = POLL_BACKOFF_S[0]
                 raws = [raw for records in polled.values() for raw in records]
                 if raws:
                     self.process(raws)

@@ -58,6 +58,7 @@ class StageWorker:
         self.broker_reachable = True
         self._on_reachability: Callable[[], None] | None = None  # attach(): the health follows it
         self._thread: threading.Thread | None = None
+        self._worker_exited = False
 
     def _handle(self, record) -> list[Output]:
         metrics.RECORDS_IN.labels(self.service, self.input.name).inc()
@@ -89,10 +90,14 @@ class StageWorker:
         except Exception:  # noqa: BLE001 - the health check must show it
             log.exception("%s: worker stopped", self.service)
             metrics.ERRORS.labels(self.service, "worker").inc()
+        finally:
+            self._worker_exited = True
+            if self._on_reachability is not None:
+                self._on_reachability()  # a stopped worker serves nothing
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and not self._worker_exited
 
     def stop(self, timeout_s: float = 120.0) -> None:
         """Finish the record in flight and commit it (or leave it to be consumed again)."""
@@ -120,8 +125,9 @@ class StageWorker:
         handle.stop_callbacks.append(self.stop)
 
         def health(_version: str | None = None) -> None:
-            handle.set_serving(self.broker_reachable)
-            if host is not None and self.broker_reachable and not host.version_id:
+            serving = self.broker_reachable and self.alive
+            handle.set_serving(serving)
+            if host is not None and serving and not host.version_id:
                 for name in handle.service_names:
                     handle.health.set(name, NOT_SERVING)
 

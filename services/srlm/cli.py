@@ -60,6 +60,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return print_status(_config(args), args.run_id)
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from srlm.console import cancel_run
+
+    return cancel_run(_config(args), args.run_id, args.reason)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from srlm.models.store import ModelStore
 
@@ -192,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("status", help="runs and their stages"))
     p.add_argument("run_id", nargs="?")
     p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("cancel", help="end a run that is still going (as failed: cancelled)"))
+    p.add_argument("run_id")
+    p.add_argument("--reason", default="", help="recorded in the run's error")
+    p.set_defaults(func=cmd_cancel)
 
     p = with_config(sub.add_parser("models", help="model versions; import-smollm2 imports M0"))
     p.add_argument("action", nargs="?", choices=["list", "import-smollm2"], default="list")

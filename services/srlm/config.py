@@ -398,7 +398,7 @@ class GrpcSecurityConfig(Section):
     a server presents tls_cert_file and verifies client certificates against tls_ca_file; a
     client verifies servers against tls_ca_file and offers tls_cert_file for mutual TLS. The
     certificate files are re-read when they change on disk (a rotated Secret), the token file
-    at every call. Control RPCs (StartRun, Promote, Rollback, LoadModel) need a bearer token or
+    at every call. Control RPCs (StartRun, CancelRun, Promote, Rollback, LoadModel) need a bearer token or
     an allowed client certificate once token_file or allowed_identities is set."""
 
     tls: bool = Field(False, description="serve and dial gRPC over TLS; False: plaintext")

@@ -127,6 +127,21 @@ def print_status(config: SRLMConfig, run_id: str | None) -> int:
     return 0
 
 
+def cancel_run(config: SRLMConfig, run_id: str, reason: str) -> int:
+    address = f"{config.services.host}:{config.services.controller.grpc}"
+    with security.channel(address, config) as channel:
+        try:
+            state = services_pb2_grpc.ControllerStub(channel).CancelRun(
+                services_pb2.CancelRunRequest(run_id=run_id, reason=reason), timeout=60)
+        except grpc.RpcError as err:
+            print(f"srlm cancel: {err.details()}", file=sys.stderr)
+            return 1
+    ended = state.stage == records_pb2.STAGE_FAILED
+    console.print(f"run {run_id}: {state.error}" if ended else
+                  f"run {run_id}: cancellation recorded; it ends after its step in progress ({_stage(state.stage)})")
+    return 0
+
+
 def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
     """Everything that made a pair: run, iteration, prompt, all candidates, every judgment, versions."""
     from srlm.runtime.pipeline import read_topic

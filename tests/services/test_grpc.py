@@ -214,3 +214,18 @@ def test_controller_api(stack):
     # m0 has no earlier promoted version to roll back to
     err = error_of(controller.Rollback, services_pb2.RollbackRequest(run_id=""))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_controller_cancel_run(stack):
+    """A run is cancelled between its steps: it ends failed with the reason, once."""
+    controller = services_pb2_grpc.ControllerStub(stack[3]["controller"])
+    controller.StartRun(services_pb2.StartRunRequest(run_id="to-cancel", config_yaml="run: {skip_sft: true}"),
+                        timeout=60)
+    state = controller.CancelRun(services_pb2.CancelRunRequest(run_id="to-cancel", reason="wrong data"), timeout=120)
+    assert (state.stage, state.error) == (records_pb2.STAGE_FAILED, "cancelled: wrong data")
+    assert controller.GetRun(services_pb2.GetRunRequest(run_id="to-cancel"), timeout=30).stage == records_pb2.STAGE_FAILED
+    events = list(controller.WatchRun(services_pb2.WatchRunRequest(run_id="to-cancel"), timeout=60))
+    assert events[-1].stage == records_pb2.STAGE_FAILED and "cancelled: wrong data" in events[-1].message
+    err = error_of(controller.CancelRun, services_pb2.CancelRunRequest(run_id="to-cancel"))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended" in err.details()
+    assert error_of(controller.CancelRun, services_pb2.CancelRunRequest(run_id="nope")).code() == grpc.StatusCode.NOT_FOUND

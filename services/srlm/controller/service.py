@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import secrets
 import threading
+import time
 
 import grpc
 import yaml
@@ -108,7 +109,7 @@ class Controller:
                 if state.run_id in failures:
                     state.error, state.stage = failures[state.run_id], records_pb2.STAGE_FAILED
                     self.driver.save(state, f"failed: {state.error}")
-                while not self._stop.is_set() and self.driver.advance(state):
+                while not self._stop.is_set() and state.run_id not in self._failures and self.driver.advance(state):
                     progressed = True
                     self._snapshot(state)
                 self._snapshot(state)
@@ -132,6 +133,19 @@ class Controller:
             self.runs[run_id] = state
             self._snapshots[run_id] = state.SerializeToString()
         return records_pb2.RunState.FromString(self._snapshots[run_id])
+
+    def cancel_run(self, run_id: str, reason: str, timeout_s: float = 30.0) -> records_pb2.RunState:
+        """Fail a run that is still going; returns its state once the loop has recorded that."""
+        state = self.get_run(run_id)
+        if state is None:
+            raise KeyError(run_id)
+        if state.stage in TERMINAL:
+            raise ValueError(f"run {run_id!r} has already ended ({records_pb2.Stage.Name(state.stage)})")
+        self.fail(run_id, f"cancelled: {reason or 'by an operator'}")
+        deadline = time.monotonic() + timeout_s
+        while (state := self.get_run(run_id)).stage not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(0.1)  # the loop applies it after the step in progress
+        return state
 
     def get_run(self, run_id: str) -> records_pb2.RunState | None:
         with self._lock:
@@ -184,6 +198,14 @@ class ControllerServicer(services_pb2_grpc.ControllerServicer):
             return self.c.start_run(request.config_yaml, request.run_id)
         except (ConfigError, ValueError, yaml.YAMLError) as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+    def CancelRun(self, request, context):
+        try:
+            return self.c.cancel_run(request.run_id, request.reason)
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown run {request.run_id!r}")
+        except ValueError as err:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
 
     def GetRun(self, request, context):
         state = self.c.get_run(request.run_id)

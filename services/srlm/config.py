@@ -133,6 +133,43 @@ class EngineConfig(Section):
     vllm_multiprocessing: bool | None = Field(
         None, description="vLLM engine core in a process of its own; None: on GPU only (a reload then surely "
                           "frees GPU memory), in-process on CPU (starts and reloads ~3x faster)")
+    # Parallel inference (vLLM only; the transformers engine runs one device). One engine uses
+    # tensor_parallel_size x pipeline_parallel_size devices; the chart requests that many GPUs
+    # per inference pod from these fields (one source of truth).
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM tensor parallelism: devices each layer is sharded over, within a node "
+                             "(Llama-2-70B in bf16, ~140 GB of weights: 8 on 8 x 80 GB). On a CPU each rank "
+                             "is bound to a NUMA node (or to a list of VLLM_CPU_OMP_THREADS_BIND)")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="vLLM pipeline parallelism: stages of consecutive layers, each a tensor-parallel "
+                             "group (on one node here: srlm serves an engine from one pod)")
+    data_parallel_size: int = Field(
+        1, ge=1, description="engine copies inside one process: vLLM's offline LLM (what srlm runs) refuses "
+                             "more than 1 ('not supported for single-process usage and may hang'). srlm's data "
+                             "parallelism is replicas: sampler and judge pods are consumer-group members (Helm: "
+                             "<component>.replicas or autoscaling)")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="how vLLM starts its workers when TP x PP > 1: None lets vLLM choose (mp, processes on "
+                          "this node); mp (the only one vLLM's CPU build runs); ray: an existing Ray cluster "
+                          "(Ray is not in srlm's images)")
+
+    @property
+    def world_size(self) -> int:
+        """Devices one engine uses: tensor x pipeline parallel."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @model_validator(mode="after")
+    def _parallelism(self) -> "EngineConfig":
+        if self.data_parallel_size > 1:
+            raise ValueError(f"engine.data_parallel_size: {self.data_parallel_size}, but vLLM's offline engine "
+                             f"refuses more than 1 in one process; scale data-parallel inference with replicas "
+                             f"(sampler/judge pods are consumer-group members; Helm: <component>.replicas)")
+        if self.kind == "transformers":
+            for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+                if getattr(self, name) > 1:
+                    raise ValueError(f"engine.{name}: {getattr(self, name)} needs engine.kind 'vllm'; the "
+                                     f"transformers engine runs one device (no tensor/pipeline parallelism)")
+        return self
 
 
 class BaseModelConfig(Section):
@@ -270,6 +307,34 @@ class DPOConfig(TrainingSection):
 
 # AlpacaEval subsets kept for evaluation (eval gate); never seed/training data.
 HELDOUT_ALPACAEVAL_SUBSETS = ("vicuna", "selfinstruct")
+
+
+class DistributedConfig(Section):
+    """How a training round (SFT or DPO) is spread over processes: accelerate's launcher
+    (torchrun underneath) with one of the accelerate config files shipped in
+    ``srlm/trainer/accelerate/``. The global batch stays ``batch_size`` at any world size
+    (gradient accumulation shrinks as processes are added); rank 0 writes the published version.
+
+    A process started without torchrun's variables (the trainer service) runs its rounds on its
+    own node with ``num_processes``. A DPO round on Kubernetes takes its topology from the pod:
+    ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_NPROC_PER_NODE``, ``PET_MASTER_ADDR``,
+    ``PET_MASTER_PORT``, which the chart's Indexed Job sets from ``trainingJob.nodes`` and
+    ``.gpusPerNode`` and Kubeflow Trainer injects."""
+
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
+        "none", description="none: one process, in the trainer's own; ddp: data parallel (the CPU too, over gloo); "
+                            "fsdp: FSDP2, fully sharded (GPU); deepspeed: ZeRO-3 (GPU)")
+    num_processes: int = Field(1, ge=1, description="processes (one per GPU) of a round run by the trainer service")
+    main_process_port: int = Field(29500, ge=1, le=65535, description="rendezvous port of rank 0")
+    config_file: Path | None = Field(None, description="an accelerate config file of your own instead of the "
+                                                       "shipped one for strategy")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistributedConfig":
+        if self.strategy == "none" and self.num_processes > 1:
+            raise ValueError("distributed.strategy: 'none' runs one process; choose ddp, fsdp or deepspeed for "
+                             f"{self.num_processes} processes")
+        return self
 
 
 class SeedDataConfig(Section):
@@ -472,6 +537,9 @@ class KubernetesConfig(Section):
     controller_deployment: str | None = Field(None, description="owner of the training Jobs (garbage-collected with it)")
     job_template_configmap: str = Field("srlm-dpo-job", description="ConfigMap holding the DPO Job template")
     job_template_key: str = Field("job.yaml", description="key of the template in that ConfigMap")
+    training_launcher: Literal["job", "trainjob"] = Field(
+        "job", description="what a DPO round runs as: job (an Indexed batch/v1 Job + headless Service) or trainjob "
+                           "(a Kubeflow Trainer TrainJob); the template's kind must match, and so does the Role")
     job_timeout_s: float = Field(24 * 3600, gt=0, description="a DPO round that runs longer is failed")
     rollout_timeout_s: float = Field(1800, gt=0, description="a rollout not complete by then is rolled back")
     poll_interval_s: float = Field(2.0, gt=0)
@@ -489,6 +557,7 @@ class SRLMConfig(Section):
     pairs: PairsConfig = PairsConfig()
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
+    distributed: DistributedConfig = DistributedConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     eval_gate: EvalGateConfig = EvalGateConfig()
     run: RunConfig = RunConfig()
@@ -502,6 +571,10 @@ class SRLMConfig(Section):
         if self.eval_gate.enabled and held_out < self.eval_gate.min_prompts:
             raise ValueError(f"eval_gate.min_prompts: the gate needs {self.eval_gate.min_prompts} held-out prompts "
                              f"but evaluation.ifeval_prompts + alpacaeval_prompts is {held_out}")
+        for name in ("sft", "dpo"):
+            if getattr(self, name).use_lora and self.distributed.strategy in ("fsdp", "deepspeed"):
+                raise ValueError(f"{name}.use_lora: LoRA rounds are merged on one process before publishing; run "
+                                 f"them with distributed.strategy none or ddp, not {self.distributed.strategy}")
         return self
 
 

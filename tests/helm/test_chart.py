@@ -20,7 +20,7 @@ import yaml
 from srlm.bus.acls import format_strimzi, service_acls
 from srlm.bus.topics import TopicRegistry
 from srlm.config import parse_config
-from srlm.controller.kube import MODEL_VERSION_ENV, PERMISSIONS, render_job
+from srlm.controller.kube import MODEL_VERSION_ENV, permissions, render_job, render_trainjob
 from srlm.runtime import security
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,10 +75,11 @@ def job_template(objs: list[dict]) -> dict:
 
 
 def pod_specs(objs: list[dict]) -> dict[str, dict]:
-    """component -> pod spec, for the Deployments and the DPO Job template."""
+    """component -> pod spec, for the Deployments and the DPO Job template (a TrainJob has none)."""
     specs = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o["spec"]["template"]["spec"]
              for o in find(objs, "Deployment")}
-    specs["dpo"] = job_template(objs)["spec"]["template"]["spec"]
+    if job_template(objs)["kind"] == "Job":
+        specs["dpo"] = job_template(objs)["spec"]["template"]["spec"]
     return specs
 
 
@@ -166,8 +167,10 @@ def test_gpu_pools_place_each_component(rendered):
     # sampler: its own selector merged over the pool's, its own GPU count
     assert specs["sampler"]["nodeSelector"] == {"cloud.google.com/gke-nodepool": "gpu-inference",
                                                 "cloud.google.com/gke-accelerator": "nvidia-l4"}
-    (sampler,) = specs["sampler"]["containers"]
-    assert sampler["resources"]["limits"]["nvidia.com/gpu"] == 2
+    # config.engine is tensor parallel 2: the chart gives every inference pod 2 GPUs (from the engine)
+    for name in INFERENCE:
+        (c,) = specs[name]["containers"]
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == 2, name
     # judge: its toleration appended to the pool's
     assert specs["judge"]["tolerations"] == [gpu_taint, {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]
     for name in ("trainer", "dpo"):
@@ -287,9 +290,19 @@ def test_keda_scales_sampler_and_judge_on_lag(rendered):
 # --------------------------------------------------------------------------- controller
 
 
+def role_grants(objs: list[dict]) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in one(objs, "Role", "t-srlm-controller")["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
 def test_role_grants_exactly_what_the_controller_uses(rendered):
     objs = rendered["default"]
     kube = srlm_config(objs).kubernetes
+    assert kube.training_launcher == "job"
     role = one(objs, "Role", "t-srlm-controller")
     granted: dict[tuple[str, str], set[str]] = {}
     names: dict[tuple[str, str], set[str]] = {}
@@ -299,7 +312,7 @@ def test_role_grants_exactly_what_the_controller_uses(rendered):
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
                 names.setdefault((group, resource), set()).update(rule.get("resourceNames", ["*"]))
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-    assert granted == {key: set(verbs) for key, verbs in PERMISSIONS.items()}
+    assert granted == {key: set(verbs) for key, verbs in permissions(kube.training_launcher).items()}
     # Deployments: only the three inference ones (patch) and the controller's own (get).
     patchable = next(r for r in role["rules"] if "patch" in r["verbs"])
     assert sorted(patchable["resourceNames"]) == sorted(kube.inference_deployments)
@@ -426,4 +439,139 @@ def test_grpc_existing_secrets(helm_bin):
 ])
 def test_grpc_tls_needs_a_certificate(helm_bin, settings, message):
     proc = helm(helm_bin, "template", "t", str(CHART), "--set", settings)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- multi-node DPO rounds
+
+
+def template(helm_bin, *args: str) -> list[dict]:
+    proc = helm(helm_bin, "template", "t", str(CHART), "-n", "ml", *args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def validate_all(objs: list[dict]) -> None:
+    for obj in objs:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+PET = {"PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
+INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def test_two_nodes_render_an_indexed_job_with_a_headless_service(helm_bin):
+    objs = template(helm_bin, "--set", "trainingJob.nodes=2,trainingJob.gpusPerNode=4,trainingJob.shmSize=24Gi")
+    validate_all(objs)
+    tmpl = job_template(objs)
+    spec = tmpl["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 0
+    # a rank that exits non-zero fails the whole round
+    (rule,) = spec["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"] == {"containerName": "dpo", "operator": "NotIn",
+                                                                   "values": [0]}
+    pod = spec["template"]
+    svc = one(objs, "Service", pod["spec"]["subdomain"])
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert selects(svc["spec"]["selector"], pod["metadata"]["labels"])
+    assert not any(selects(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+                   for d in find(objs, "Deployment"))  # only the round's pods
+    (container,) = pod["spec"]["containers"]
+    assert svc["spec"]["ports"] == [{"name": "rendezvous", "port": 29500, "targetPort": "rendezvous", "protocol": "TCP"}]
+    assert {"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"} in container["ports"]
+    for part in ("requests", "limits"):
+        assert container["resources"][part]["nvidia.com/gpu"] == 4, part
+    env = {e["name"]: e for e in container["env"]}
+    assert PET <= set(env)
+    assert (env["PET_NNODES"]["value"], env["PET_NPROC_PER_NODE"]["value"], env["PET_MASTER_PORT"]["value"]) == \
+        ("2", "4", "29500")
+    assert env["PET_NODE_RANK"]["valueFrom"] == {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}
+    # /dev/shm in memory, sized by trainingJob.shmSize
+    (shm,) = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "24Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    # The controller names the Job and points every rank at pod 0.
+    job = render_job(tmpl, name="t-srlm-dpo-run-7-2", run_id="run-7", iteration=2, base_version="m2",
+                     out_version="m3", owner=None)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PET_MASTER_ADDR"]["value"] == f"t-srlm-dpo-run-7-2-0.{svc['metadata']['name']}"
+    # The ranks reach each other on any port (rendezvous, NCCL) despite the release's NetworkPolicy.
+    dpo_policy = one(objs, "NetworkPolicy", "t-srlm-dpo")
+    assert selects(dpo_policy["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    (ingress,) = dpo_policy["spec"]["ingress"]
+    assert "ports" not in ingress
+    assert selects(ingress["from"][0]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+
+
+def test_one_node_is_the_default(rendered):
+    objs = rendered["default"]
+    spec = job_template(objs)["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 1, 1)
+    assert "podFailurePolicy" not in spec
+    assert not find(objs, "NetworkPolicy", "t-srlm-dpo")
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"]) == ("1", "1")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert one(objs, "Service", spec["template"]["spec"]["subdomain"])["spec"]["clusterIP"] == "None"
+
+
+def test_cpu_round_requests_no_gpu(helm_bin):
+    objs = template(helm_bin, "--set", "trainingJob.gpusPerNode=0,trainingJob.imageVariant=cpu,trainingJob.nodes=2")
+    (container,) = job_template(objs)["spec"]["template"]["spec"]["containers"]
+    assert all("nvidia.com/gpu" not in part for part in container["resources"].values())
+    assert {e["name"]: e.get("value") for e in container["env"]}["PET_NPROC_PER_NODE"] == "1"
+
+
+def test_trainjob_launcher(helm_bin):
+    objs = template(helm_bin, "-f", str(VALUES / "gpu-pools.yaml"), "--set",
+                    "trainingJob.launcher=trainjob,trainingJob.nodes=2,trainingJob.trainJob.runtime=torch-h100")
+    validate_all(objs)
+    tj = job_template(objs)
+    assert (tj["apiVersion"], tj["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    spec = tj["spec"]
+    assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                  "name": "torch-h100"}
+    trainer = spec["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
+    assert trainer["resourcesPerNode"]["limits"] == {"memory": "128Gi", "nvidia.com/gpu": 8}
+    assert trainer["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == 8
+    assert trainer["command"] == ["srlm"] and trainer["args"] == ["train", "dpo"]
+    assert trainer["image"].endswith(":0.1.0-gpu")
+    assert not PET & {e["name"] for e in trainer["env"]}  # Kubeflow injects (and rejects) them
+    (override,) = spec["podSpecOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}] and override["serviceAccountName"] == "t-srlm"
+    assert override["nodeSelector"] == {"cloud.google.com/gke-nodepool": "gpu-training"}
+    shm = next(v for v in override["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    (node,) = override["containers"]
+    assert node["name"] == "node" and {"name": "dshm", "mountPath": "/dev/shm"} in node["volumeMounts"]
+    # No Indexed Job, no headless Service, no rank-to-rank policy: Kubeflow makes its own.
+    assert not find(objs, "Service", "t-srlm-dpo") and not find(objs, "NetworkPolicy", "t-srlm-dpo")
+    kube = srlm_config(objs).kubernetes
+    assert kube.training_launcher == "trainjob"
+    assert role_grants(objs) == {key: set(verbs) for key, verbs in permissions("trainjob").items()}
+    assert ("batch", "jobs") not in role_grants(objs)
+    rendered_tj = render_trainjob(tj, name="t-srlm-dpo-r-1", run_id="r", iteration=1, base_version="m0",
+                                  out_version="m1", owner=None)
+    assert rendered_tj["spec"]["trainer"]["args"][-2:] == ["--out-version", "m1"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["--set", "trainingJob.launcher=mpi"], "/trainingJob/launcher"),
+    (["--set", "trainingJob.nodes=0"], "/trainingJob/nodes"),
+    (["--set", "trainingJob.rendezvousPort=70000"], "/trainingJob/rendezvousPort"),
+    (["--set", "trainingJob.trainJob.runtimes=x"], "'runtimes' not allowed"),
+    (["--set", "trainingJob.resources.limits.nvidia\\.com/gpu=2"],
+     "trainingJob.resources.limits: set the GPUs of a round with trainingJob.gpusPerNode"),
+])
+def test_bad_training_values_are_rejected(helm_bin, settings, message):
+    proc = helm(helm_bin, "template", "t", str(CHART), *settings)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr

@@ -56,6 +56,16 @@ def monitored(helm_bin) -> list[dict]:
     return render(helm_bin, *MONITORING)
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions with In / NotIn / Exists / DoesNotExist)."""
+    ops = {"In": lambda key, values: labels.get(key) in values,
+           "NotIn": lambda key, values: labels.get(key) not in values,
+           "Exists": lambda key, values: key in labels,
+           "DoesNotExist": lambda key, values: key not in labels}
+    return (selector.get("matchLabels", {}).items() <= labels.items()
+            and all(ops[e["operator"]](e["key"], e.get("values", [])) for e in selector.get("matchExpressions", [])))
+
+
 def rule_expressions(objs: list[dict]) -> dict[str, str]:
     rule = one(objs, "PrometheusRule", "t-srlm")
     return {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
@@ -89,9 +99,9 @@ def test_service_monitor_scrapes_every_metrics_port(monitored):
     sm = one(monitored, "ServiceMonitor", "t-srlm")
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert [e["port"] for e in sm["spec"]["endpoints"]] == ["metrics"]
-    selector = sm["spec"]["selector"]["matchLabels"]
-    selected = [s for s in find(monitored, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+    selected = [s for s in find(monitored, "Service") if selects(sm["spec"]["selector"], s["metadata"]["labels"])]
     assert sorted(s["metadata"]["labels"]["app.kubernetes.io/component"] for s in selected) == sorted(SERVICES)
+    assert one(monitored, "Service", "t-srlm-dpo") not in selected  # the DPO pods' headless Service: no metrics
     for s in selected:
         assert "metrics" in {p["name"] for p in s["spec"]["ports"]}
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from srlm.controller.kube import (MODEL_VERSION_ANNOTATION, MODEL_VERSION_ENV, KubeError, job_name, job_state,
-                                  label_value, model_version, render_job, rollout_state, version_patch)
+from srlm.controller.kube import (MODEL_VERSION_ANNOTATION, MODEL_VERSION_ENV, OUT_VERSION_ANNOTATION, RUN_ID_LABEL,
+                                  KubeError, job_name, job_state, label_value, model_version, name_limit,
+                                  permissions, render_job, render_trainjob, rollout_state, template_launcher,
+                                  version_patch)
 
 
 def deployment(generation=2, observed=2, replicas=2, updated=2, total=2, available=2, conditions=()):
@@ -69,3 +71,117 @@ def test_version_patch_sets_and_removes():
     removal = version_patch(dep, None)["spec"]["template"]
     assert removal["metadata"]["annotations"] == {MODEL_VERSION_ANNOTATION: None}
     assert removal["spec"]["containers"][0]["env"] == [{"name": MODEL_VERSION_ENV, "$patch": "delete"}]
+
+
+# --------------------------------------------------------------------------- multi-node rounds
+
+ROUND = dict(run_id="run-7", iteration=2, base_version="m2", out_version="m3")
+OWNER = {"metadata": {"name": "t-srlm-controller", "uid": "u-1"}}
+ROUND_ARGS = ["--run-id", "run-7", "--iteration", "2", "--base-version", "m2", "--out-version", "m3"]
+
+
+def indexed_job(nodes=2, subdomain="t-srlm-dpo"):
+    """The shape of the chart's Indexed Job template."""
+    pod = {"restartPolicy": "Never", "containers": [{
+        "name": "dpo", "args": ["train", "dpo"],
+        "resources": {"limits": {"nvidia.com/gpu": 4}},
+        "env": [{"name": "PET_NNODES", "value": str(nodes)},
+                {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+                    "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+                {"name": "PET_MASTER_ADDR", "value": ""}, {"name": "PET_MASTER_PORT", "value": "29500"}]}]}
+    if subdomain:
+        pod["subdomain"] = subdomain
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "t-srlm-dpo"},
+            "spec": {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
+                     "template": {"spec": pod}}}
+
+
+def trainjob(nodes=2):
+    """The shape of the chart's TrainJob template."""
+    return {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": {"name": "t-srlm-dpo"},
+            "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                    "name": "torch-distributed"},
+                     "labels": {"app.kubernetes.io/component": "dpo"},
+                     "trainer": {"image": "i", "command": ["srlm"], "args": ["train", "dpo"], "numNodes": nodes,
+                                 "numProcPerNode": 4, "resourcesPerNode": {"limits": {"nvidia.com/gpu": 4}}}}}
+
+
+def env(container) -> dict:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_render_job_points_every_rank_at_rank_0():
+    template = indexed_job()
+    job = render_job(template, name="t-srlm-dpo-run-7-2", owner=OWNER, **ROUND)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    # Pod 0 of an Indexed Job is named <job>-0; the subdomain is the headless Service.
+    assert env(container)["PET_MASTER_ADDR"] == {"name": "PET_MASTER_ADDR", "value": "t-srlm-dpo-run-7-2-0.t-srlm-dpo"}
+    assert env(container)["PET_NODE_RANK"] == env(template["spec"]["template"]["spec"]["containers"][0])["PET_NODE_RANK"]
+    assert container["args"] == ["train", "dpo", *ROUND_ARGS]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"  # a quantity
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert job["spec"]["template"]["metadata"]["labels"][RUN_ID_LABEL] == "run-7"
+    assert template["spec"]["template"]["spec"]["containers"][0]["env"][2]["value"] == ""  # template untouched
+
+
+def test_one_pod_keeps_its_own_master():
+    job = render_job(indexed_job(nodes=1), name="t-srlm-dpo-run-7-2", owner=None, **ROUND)
+    assert env(job["spec"]["template"]["spec"]["containers"][0])["PET_MASTER_ADDR"]["value"] == ""  # loopback
+
+
+def test_render_job_refuses_a_rank_0_it_cannot_name():
+    with pytest.raises(KubeError, match="subdomain"):
+        render_job(indexed_job(subdomain=None), name="n", owner=None, **ROUND)
+    non_indexed = indexed_job()
+    del non_indexed["spec"]["completionMode"]
+    with pytest.raises(KubeError, match="must be Indexed"):
+        render_job(non_indexed, name="n", owner=None, **ROUND)
+
+
+def test_render_trainjob():
+    template = trainjob()
+    tj = render_trainjob(template, name="t-srlm-dpo-run-7-2", owner=OWNER, **ROUND)
+    assert tj["metadata"]["name"] == "t-srlm-dpo-run-7-2"
+    assert tj["metadata"]["annotations"][OUT_VERSION_ANNOTATION] == "m3"
+    assert tj["metadata"]["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                                  "name": "t-srlm-controller", "uid": "u-1"}]
+    assert tj["spec"]["labels"] == {"app.kubernetes.io/component": "dpo", RUN_ID_LABEL: "run-7",
+                                    "srlm.dev/iteration": "2"}  # to its JobSet and Jobs
+    trainer = tj["spec"]["trainer"]
+    assert trainer["args"] == ["train", "dpo", *ROUND_ARGS]
+    assert trainer["numNodes"] == 2 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    assert "env" not in trainer  # Kubeflow injects PET_*; it rejects them in spec.trainer.env
+    assert template["spec"]["trainer"]["args"] == ["train", "dpo"]
+    with pytest.raises(KubeError, match="TrainJob"):
+        render_trainjob(indexed_job(), name="n", owner=None, **ROUND)
+    with pytest.raises(KubeError, match="batch/v1 Job"):
+        render_job(trainjob(), name="n", owner=None, **ROUND)
+    no_runtime = trainjob()
+    del no_runtime["spec"]["runtimeRef"]
+    with pytest.raises(KubeError, match="runtimeRef"):
+        render_trainjob(no_runtime, name="n", owner=None, **ROUND)
+
+
+def test_names_leave_room_for_the_pod_hostnames():
+    assert template_launcher(indexed_job()) == "job" and template_launcher(trainjob()) == "trainjob"
+    assert name_limit(indexed_job(nodes=2)) == 61            # <name>-1
+    assert name_limit(indexed_job(nodes=16)) == 60           # <name>-15
+    assert name_limit(trainjob(nodes=2)) == 54               # <name>-node-0-1 (Kubeflow's JobSet pods)
+    name = job_name("t-srlm-dpo", "x" * 100, 3, max_len=54)
+    assert len(name) <= 54 and name.endswith("-3") and len(f"{name}-node-0-1") <= 63
+
+
+def test_trainjob_state_from_its_conditions():
+    def conditions(*conds):
+        return {"status": {"conditions": [{"type": t, "status": s, "reason": "R", "message": "m"} for t, s in conds]}}
+    assert job_state(conditions(("Suspended", "False")))[0] == "running"
+    assert job_state(conditions(("Complete", "True")))[0] == "succeeded"
+    assert job_state(conditions(("Failed", "True"))) == ("failed", "R: m")
+
+
+def test_permissions_follow_the_launcher():
+    job, tj = permissions("job"), permissions("trainjob")
+    assert job[("batch", "jobs")] == tj[("trainer.kubeflow.org", "trainjobs")] == {"create", "get", "delete"}
+    assert ("trainer.kubeflow.org", "trainjobs") not in job and ("batch", "jobs") not in tj
+    assert {k: v for k, v in job.items() if k != ("batch", "jobs")} == \
+        {k: v for k, v in tj.items() if k != ("trainer.kubeflow.org", "trainjobs")}

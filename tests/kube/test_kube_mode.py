@@ -1,6 +1,6 @@
 """The controller's Kubernetes mode against a real API server (etcd + kube-apiserver on
-loopback, RBAC on), with the chart installed by the real helm and the controller acting
-with its ServiceAccount's token.
+loopback, RBAC on), with the chart installed by the real helm (2-node DPO rounds: Indexed Jobs
+with a headless Service) and the controller acting with its ServiceAccount's token.
 
 No kubelet or controller-manager runs, so no pod ever starts: the tests play the Job
 controller and the Deployment controller by writing Job and Deployment status through the
@@ -24,9 +24,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from srlm.config import parse_config
-from srlm.controller.kube import (FIELD_MANAGER, MODEL_VERSION_ANNOTATION, PERMISSIONS, JobFailed, KubeError,
+from srlm.controller.kube import (FIELD_MANAGER, MODEL_VERSION_ANNOTATION, JobFailed, KubeError,
                                   KubeOrchestrator, KubePromoter, KubeTrainerLauncher, RolloutFailed,
-                                  api_client, model_version)
+                                  api_client, model_version, permissions)
 from srlm.v1 import records_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,14 +45,15 @@ def admin(kube_cluster):
 
 @pytest.fixture(scope="module")
 def release(kube_cluster, helm_bin, tmp_path_factory):
-    """The chart installed into NAMESPACE with the GPU-pool values and model version m1."""
+    """The chart installed into NAMESPACE with the GPU-pool values (8 GPUs per node), 2-node DPO
+    rounds and model version m1."""
     home = tmp_path_factory.mktemp("helm-home")
     env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
            "HELM_DATA_HOME": str(home / "data")}
     proc = subprocess.run(
         [str(helm_bin), "install", RELEASE, str(REPO / "helm" / "srlm"), "--kubeconfig", str(kube_cluster.kubeconfig),
          "-n", NAMESPACE, "--create-namespace", "-f", str(REPO / "tests" / "helm" / "values" / "gpu-pools.yaml"),
-         "--set", "model.version=m1"],
+         "--set", "model.version=m1", "--set", "trainingJob.nodes=2"],
         capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -84,11 +85,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def finish_job(admin, name: str, succeeded: bool) -> None:
-    """Play the Job controller: mark the Job finished through its status subresource."""
+def finish_job(admin, name: str, succeeded: bool, nodes: int = 2) -> None:
+    """Play the Job controller: mark the (Indexed, ``nodes``-pod) Job finished through its
+    status subresource."""
     now = _now()
     if succeeded:
-        status = {"startTime": now, "completionTime": now, "succeeded": 1, "conditions": [
+        status = {"startTime": now, "completionTime": now, "succeeded": nodes,
+                  "completedIndexes": "0" if nodes == 1 else f"0-{nodes - 1}", "conditions": [
             {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
              "lastTransitionTime": now, "lastProbeTime": now},
             {"type": "Complete", "status": "True", "reason": "CompletionsReached",
@@ -194,6 +197,51 @@ def test_training_job_lifecycle(orchestrator, admin):
     orchestrator.delete_job(name)  # already gone: fine
 
 
+def test_two_node_round_is_an_indexed_job(orchestrator, admin):
+    """A 2-node DPO round: one Indexed Job whose pods find rank 0 through the chart's headless
+    Service; the Job controller's verdict (written here) ends it and the controller deletes it."""
+    batch, core = client.BatchV1Api(admin), client.CoreV1Api(admin)
+    name = orchestrator.create_training_job("run-2n", 1, "m1", "m2")
+    job = client.ApiClient().sanitize_for_serialization(batch.read_namespaced_job(name, NAMESPACE))
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    svc = core.read_namespaced_service(pod["subdomain"], NAMESPACE)  # installed by the chart
+    assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses
+    assert svc.spec.selector.items() <= spec["template"]["metadata"]["labels"].items()
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PET_MASTER_ADDR"]["value"] == f"{name}-0.{pod['subdomain']}"  # pod 0's hostname . subdomain
+    assert (env["PET_NNODES"]["value"], env["PET_NPROC_PER_NODE"]["value"]) == ("2", "8")
+    assert env["PET_MASTER_PORT"]["value"] == str(svc.spec.ports[0].port)
+    assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert container["args"][-8:] == ["--run-id", "run-2n", "--iteration", "1", "--base-version", "m1",
+                                      "--out-version", "m2"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert {"name": "dshm", "mountPath": "/dev/shm"}.items() <= next(
+        m for m in container["volumeMounts"] if m["name"] == "dshm").items()
+
+    errors: list[Exception] = []
+
+    def run_round():
+        try:
+            orchestrator.run_training_job("run-2n", 1, "m1", "m2")  # follows the existing Job of the round
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    done = threading.Thread(target=run_round, daemon=True)
+    done.start()
+    time.sleep(0.5)
+    assert done.is_alive() and not errors  # still running: nothing has finished it
+    finish_job(admin, name, succeeded=True)
+    done.join(timeout=10)
+    assert not done.is_alive() and not errors, errors
+    with pytest.raises(ApiException) as gone:
+        batch.read_namespaced_job(name, NAMESPACE)
+    assert gone.value.status == 404
+
+
 def test_failed_training_job_is_reported_and_kept(orchestrator, admin):
     name = orchestrator.create_training_job("run-1", 2, "m2", "m3")
     finish_job(admin, name, succeeded=False)
@@ -276,7 +324,7 @@ def test_the_controller_used_exactly_what_its_role_grants(orchestrator, admin, r
             continue  # denied (test above) or not found
         ref = event["objectRef"]
         used.setdefault((ref.get("apiGroup", ""), ref["resource"]), set()).add(event["verb"])
-    assert used == {key: set(verbs) for key, verbs in PERMISSIONS.items()}
+    assert used == {key: set(verbs) for key, verbs in permissions("job").items()}
 
 
 def test_controller_hooks_run_a_round_and_a_promotion(orchestrator, admin, rollouts):

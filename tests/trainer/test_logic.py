@@ -6,6 +6,7 @@ import itertools
 import math
 
 import pytest
+import yaml
 import torch
 from transformers import get_scheduler
 
@@ -154,3 +155,66 @@ def test_logprob_tile_is_the_width_trls_fused_head_reads(monkeypatch):
     assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 1024
     with pytest.raises(ConfigError, match="logprob_tile"):
         parse_config({"dpo": {"logprob_tile": 16}})
+
+
+# --------------------------------------------------------------------------- distributed rounds
+
+
+def test_the_topology_comes_from_torchruns_variables_over_the_config():
+    from srlm.config import DistributedConfig
+    from srlm.trainer.distributed import Topology, distributed_round, topology
+
+    cfg = DistributedConfig(strategy="ddp", num_processes=2)
+    assert topology(cfg, {}) == Topology(nodes=1, node_rank=0, procs_per_node=2, master_addr="127.0.0.1",
+                                         master_port=29500)
+    pod = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "8", "PET_MASTER_ADDR": "dpo-r-2-0.dpo",
+           "PET_MASTER_PORT": "29400"}
+    assert topology(cfg, pod) == Topology(2, 1, 8, "dpo-r-2-0.dpo", 29400)
+    assert topology(cfg, pod).world_size == 16
+    # no strategy and one process: in the asking process; a pod asking for more: data parallel
+    assert not distributed_round(DistributedConfig(), {})
+    assert not distributed_round(DistributedConfig(), {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "1"})
+    assert distributed_round(DistributedConfig(), pod)
+    assert distributed_round(DistributedConfig(strategy="fsdp"), {})
+    for bad, field in [({**pod, "PET_NODE_RANK": "2"}, "node_rank"), ({**pod, "PET_NNODES": "two"}, "PET_NNODES"),
+                       ({k: v for k, v in pod.items() if k != "PET_MASTER_ADDR"}, "PET_MASTER_ADDR")]:
+        with pytest.raises(ValueError, match=field):
+            topology(cfg, bad)
+
+
+def test_the_launch_command_carries_the_topology_and_the_rounds_precision(tmp_path):
+    from pathlib import Path
+
+    from srlm.config import DistributedConfig
+    from srlm.trainer.distributed import Topology, accelerate_config_file, launch_command
+
+    def arg(command, name):
+        return command[command.index(name) + 1]
+
+    cfg = DistributedConfig(strategy="fsdp")
+    command = launch_command(cfg, Topology(2, 1, 8, "node0", 29400), tmp_path / "spec.json", "bf16", python="py")
+    assert command[:3] == ["py", "-m", "accelerate.commands.launch"]
+    assert [arg(command, n) for n in ("--num_processes", "--num_machines", "--machine_rank", "--main_process_ip",
+                                      "--main_process_port", "--mixed_precision", "--rdzv_backend")] == \
+        ["16", "2", "1", "node0", "29400", "bf16", "c10d"]
+    assert command[-3:] == ["--module", "srlm.trainer.rank", str(tmp_path / "spec.json")]
+    one_node = launch_command(cfg, Topology(1, 0, 2, "127.0.0.1", 29500), tmp_path / "s", "fp32")
+    assert "--rdzv_backend" not in one_node and arg(one_node, "--mixed_precision") == "no"
+    for strategy, kind in [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed", "DEEPSPEED")]:
+        shipped = accelerate_config_file(DistributedConfig(strategy=strategy))
+        assert yaml.safe_load(shipped.read_text())["distributed_type"] == kind
+    own = Path("/etc/accelerate.yaml")
+    assert accelerate_config_file(DistributedConfig(strategy="ddp", config_file=own)) == own
+
+
+def test_a_strategy_that_cannot_run_here_is_refused_naming_the_field():
+    from srlm.config import DistributedConfig
+    from srlm.trainer.distributed import check_strategy
+
+    check_strategy(DistributedConfig(strategy="ddp", num_processes=2), cuda_available=False)
+    with pytest.raises(ValueError, match="distributed.strategy: fsdp needs GPUs"):
+        check_strategy(DistributedConfig(strategy="fsdp"), cuda_available=False)
+    with pytest.raises(ConfigError, match="distributed: .*'none' runs one process"):
+        parse_config({"distributed": {"num_processes": 2}}, environ={})
+    with pytest.raises(ConfigError, match="dpo.use_lora: .*not fsdp"):
+        parse_config({"distributed": {"strategy": "fsdp"}, "dpo": {"use_lora": True}}, environ={})

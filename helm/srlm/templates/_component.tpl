@@ -62,7 +62,7 @@ spec:
               value: {{ .root.Values.model.version | quote }}
             {{- end }}
           resources:
-            {{- toYaml .values.resources | nindent 12 }}
+            {{- include "srlm.componentResources" . | nindent 12 }}
           securityContext:
             {{- toYaml .root.Values.containerSecurityContext | nindent 12 }}
           {{- include "srlm.probes" . | nindent 10 }}
@@ -131,4 +131,43 @@ spec:
 {{- include "srlm.component" (dict "root" .root "name" .name "values" (get .root.Values .name)
       "inference" .inference "input" .input "serviceAccount" (include "srlm.workloadServiceAccount" .root)
       "automountToken" false) -}}
+{{- end -}}
+
+{{/* GPUs one generation engine uses: the srlm config's engine.tensor_parallel_size x
+pipeline_parallel_size (vLLM's world size). The one source of the inference pods' nvidia.com/gpu. */}}
+{{- define "srlm.engineGpus" -}}
+{{- $engine := .Values.config.engine | default dict -}}
+{{- $tp := dig "tensor_parallel_size" 1 $engine | int -}}
+{{- $pp := dig "pipeline_parallel_size" 1 $engine | int -}}
+{{- if or (lt $tp 1) (lt $pp 1) -}}
+{{- fail "config.engine: tensor_parallel_size and pipeline_parallel_size are at least 1" -}}
+{{- end -}}
+{{- mul $tp $pp -}}
+{{- end -}}
+
+{{/* GPUs of one pod of a component: the engine's for a GPU inference pod, else none ("0"). */}}
+{{- define "srlm.podGpus" -}}
+{{- if and .inference (eq .values.imageVariant "gpu") -}}
+{{- include "srlm.engineGpus" .root -}}
+{{- else -}}
+0
+{{- end -}}
+{{- end -}}
+
+{{/* A component's container resources: its values, plus nvidia.com/gpu derived from the engine
+settings in a GPU inference pod (an explicit, different count in the values is an error). */}}
+{{- define "srlm.componentResources" -}}
+{{- $resources := deepCopy (.values.resources | default dict) -}}
+{{- $gpus := include "srlm.podGpus" . | int -}}
+{{- if gt $gpus 0 -}}
+{{- range $part := list "requests" "limits" -}}
+{{- $section := get $resources $part | default dict -}}
+{{- if and (hasKey $section "nvidia.com/gpu") (ne (get $section "nvidia.com/gpu" | int) $gpus) -}}
+{{- fail (printf "%s.resources.%s.nvidia.com/gpu is %v, but config.engine gives %d GPUs per pod (tensor_parallel_size x pipeline_parallel_size): set the engine's parallelism and leave nvidia.com/gpu out" $.name $part (get $section "nvidia.com/gpu") $gpus) -}}
+{{- end -}}
+{{- $_ := set $section "nvidia.com/gpu" $gpus -}}
+{{- $_ := set $resources $part $section -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $resources -}}
 {{- end -}}

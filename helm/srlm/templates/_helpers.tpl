@@ -192,7 +192,9 @@ affinity:
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .root.Values.shmSizeLimit }}
+    {{- /* Larger where one engine spans several GPUs (NCCL, vLLM's worker queues). */}}
+    {{- /* A component's own shmSize (the DPO round's: trainingJob.shmSize) wins. */}}
+    sizeLimit: {{ .values.shmSize | default (ternary .root.Values.parallelShmSizeLimit .root.Values.shmSizeLimit (gt (include "srlm.podGpus" . | int) 1)) }}
 {{- with .root.Values.kafka.tls.existingSecret }}
 - name: kafka-tls
   secret:

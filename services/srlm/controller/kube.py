@@ -2,7 +2,9 @@
 
 Two steps of the loop leave the controller's process here:
 
-- a DPO round runs as a Kubernetes Job on the training pool, made from the template the
+- a DPO round runs on the training pool as an Indexed Job (one pod per node, torchrun's
+  PET_* topology in its env, rank 0 reachable through the chart's headless Service) or as a
+  Kubeflow Trainer TrainJob (``kubernetes.training_launcher``), made from the template the
   Helm chart renders into a ConfigMap (``kubernetes.job_template_configmap``), owned by the
   controller's Deployment (so it goes with the release), deleted after success;
 - a promoted model version reaches promptgen, sampler and judge as a rollout: their pod
@@ -11,7 +13,8 @@ Two steps of the loop leave the controller's process here:
   Deployment back to its previous version when one fails or the wait times out.
 
 Objects are handled as plain dicts (the API's JSON); the parts that decide something
-(``job_name``, ``render_job``, ``job_state``, ``rollout_state``) are pure functions.
+(``job_name``, ``render_job``, ``render_trainjob``, ``job_state``, ``rollout_state``) are pure
+functions.
 """
 
 from __future__ import annotations
@@ -46,13 +49,28 @@ OUT_VERSION_ANNOTATION = "srlm.dev/out-version"
 FIELD_MANAGER = "srlm-controller"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-# Every API call this module makes, as (API group, resource) -> verbs. The chart's Role
-# (helm/srlm/templates/controller-rbac.yaml) grants exactly these; the tests check both ways.
-PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
-    ("batch", "jobs"): frozenset({"create", "get", "delete"}),
-    ("apps", "deployments"): frozenset({"get", "patch"}),
-    ("", "configmaps"): frozenset({"get"}),
-}
+MASTER_ADDR_ENV = "PET_MASTER_ADDR"
+TRAINER_GROUP, TRAINER_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+TRAINJOB_NODE = "node"  # Kubeflow's torch runtimes: the replicated job (pods <name>-node-0-<i>)
+
+Launcher = Literal["job", "trainjob"]
+# What a DPO round is created as, per kubernetes.training_launcher.
+TRAINING_RESOURCES: dict[str, tuple[str, str]] = {
+    "job": ("batch", "jobs"), "trainjob": (TRAINER_GROUP, TRAINJOB_PLURAL)}
+
+
+def permissions(launcher: Launcher = "job") -> dict[tuple[str, str], frozenset[str]]:
+    """Every API call this module makes with ``launcher``, as (API group, resource) -> verbs.
+    The chart's Role (helm/srlm/templates/controller-rbac.yaml) grants exactly these; the
+    tests check both ways."""
+    return {
+        TRAINING_RESOURCES[launcher]: frozenset({"create", "get", "delete"}),
+        ("apps", "deployments"): frozenset({"get", "patch"}),
+        ("", "configmaps"): frozenset({"get"}),
+    }
+
+
+PERMISSIONS = permissions("job")  # the default launcher's
 
 _STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 
@@ -81,14 +99,15 @@ _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def job_name(base: str, run_id: str, iteration: int) -> str:
-    """A deterministic Job name (so a restarted controller finds its Job): DNS-1123, <= 63."""
+def job_name(base: str, run_id: str, iteration: int, max_len: int = 63) -> str:
+    """A deterministic Job name (so a restarted controller finds its Job): DNS-1123, <= max_len
+    (less than 63 where pod hostnames append to it: see ``name_limit``)."""
     slug = _DNS_LABEL.sub("-", run_id.lower()).strip("-") or "run"
     name = f"{base}-{slug}-{iteration}"
-    if len(name) <= 63:
+    if len(name) <= max_len:
         return name
     digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    keep = 63 - len(base) - len(str(iteration)) - len(digest) - 3
+    keep = max_len - len(base) - len(str(iteration)) - len(digest) - 3
     if keep < 1:
         raise KubeError(f"Job template name {base!r} leaves no room for the run id")
     return f"{base}-{slug[:keep].strip('-')}-{digest}-{iteration}"
@@ -99,14 +118,21 @@ def label_value(value: str) -> str:
     return _LABEL_VALUE.sub("_", value)[:63].strip("_.-")
 
 
-def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: int,
-               base_version: str, out_version: str, owner: dict[str, Any] | None) -> dict[str, Any]:
-    """The Job of one DPO round: the template, named, labelled, owned, with the round's
-    arguments appended to its (single) container's args."""
-    if template.get("kind") != "Job" or not template.get("apiVersion", "").startswith("batch/"):
-        raise KubeError("the DPO Job template must be a batch/v1 Job")
-    job = copy.deepcopy(template)
-    meta = job.setdefault("metadata", {})
+def _round_args(run_id: str, iteration: int, base_version: str, out_version: str) -> list[str]:
+    return ["--run-id", run_id, "--iteration", str(iteration), "--base-version", base_version,
+            "--out-version", out_version]
+
+
+def _quantities(resources: dict[str, Any] | None) -> None:
+    """YAML reads `nvidia.com/gpu: 1` as a number; the API wants a quantity (a string)."""
+    for part in (resources or {}).values():
+        part.update({key: str(value) for key, value in part.items()})
+
+
+def _name_and_own(obj: dict[str, Any], name: str, run_id: str, iteration: int, out_version: str,
+                  owner: dict[str, Any] | None) -> dict[str, str]:
+    """Name, label, annotate and owner-reference ``obj``; returns the round's labels."""
+    meta = obj.setdefault("metadata", {})
     meta["name"] = name
     meta.pop("generateName", None)
     labels = {RUN_ID_LABEL: label_value(run_id), ITERATION_LABEL: str(iteration)}
@@ -117,24 +143,87 @@ def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: i
             "apiVersion": owner.get("apiVersion", "apps/v1"), "kind": owner.get("kind", "Deployment"),
             "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
         }]
-    pod = job["spec"]["template"]
+    return labels
+
+
+def template_launcher(template: dict[str, Any]) -> Launcher:
+    """Which launcher a DPO template is for: a batch/v1 Job or a Kubeflow Trainer TrainJob."""
+    kind, api_version = template.get("kind"), template.get("apiVersion", "")
+    if kind == "Job" and api_version.startswith("batch/"):
+        return "job"
+    if kind == "TrainJob" and api_version == f"{TRAINER_GROUP}/{TRAINER_VERSION}":
+        return "trainjob"
+    raise KubeError(f"the DPO template must be a batch/v1 Job or a {TRAINER_GROUP}/{TRAINER_VERSION} TrainJob, "
+                    f"not {api_version} {kind}")
+
+
+def name_limit(template: dict[str, Any]) -> int:
+    """The longest name the round may get: pod hostnames (<= 63) append to it, `<name>-<index>`
+    for an Indexed Job, `<name>-node-0-<index>` for a TrainJob (its JobSet's pods)."""
+    if template_launcher(template) == "job":
+        nodes = int(template.get("spec", {}).get("completions") or 1)
+        return 63 - len(f"-{nodes - 1}")
+    nodes = int(template.get("spec", {}).get("trainer", {}).get("numNodes") or 1)
+    return 63 - len(f"-{TRAINJOB_NODE}-0-{nodes - 1}")
+
+
+def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: int,
+               base_version: str, out_version: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """The Job of one DPO round: the template, named, labelled, owned, with the round's
+    arguments appended to its (single) container's args and, with several pods,
+    PET_MASTER_ADDR set to rank 0's pod, `<name>-0.<subdomain>` (the Job's name is only known
+    here; one pod keeps the template's value, empty: its own loopback, no DNS needed)."""
+    if template_launcher(template) != "job":
+        raise KubeError("the DPO Job template must be a batch/v1 Job")
+    job = copy.deepcopy(template)
+    labels = _name_and_own(job, name, run_id, iteration, out_version, owner)
+    spec = job["spec"]
+    if int(spec.get("completions") or 1) > 1 and spec.get("completionMode") != "Indexed":
+        raise KubeError("a DPO Job with several pods must be Indexed (completionMode: Indexed): "
+                        "the completion index is the node rank")
+    pod = spec["template"]
     pod.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
     containers = pod["spec"]["containers"]
     if len(containers) != 1:
         raise KubeError(f"the DPO Job template must have one container, it has {len(containers)}")
-    for container in containers:  # YAML reads `nvidia.com/gpu: 1` as a number; the API wants a quantity
-        for part in (container.get("resources") or {}).values():
-            part.update({key: str(value) for key, value in part.items()})
-    containers[0]["args"] = list(containers[0].get("args") or []) + [
-        "--run-id", run_id, "--iteration", str(iteration),
-        "--base-version", base_version, "--out-version", out_version,
-    ]
+    _quantities(containers[0].get("resources"))
+    containers[0]["args"] = list(containers[0].get("args") or []) + _round_args(
+        run_id, iteration, base_version, out_version)
+    for env in containers[0].get("env") or []:
+        if env.get("name") == MASTER_ADDR_ENV and int(spec.get("completions") or 1) > 1:
+            subdomain = pod["spec"].get("subdomain")
+            if not subdomain or spec.get("completionMode") != "Indexed":
+                raise KubeError(f"{MASTER_ADDR_ENV} needs an Indexed Job whose pods have a subdomain "
+                                "(the headless Service that gives rank 0 its DNS name)")
+            env.pop("valueFrom", None)
+            env["value"] = f"{name}-0.{subdomain}"
     return job
 
 
+def render_trainjob(template: dict[str, Any], *, name: str, run_id: str, iteration: int,
+                    base_version: str, out_version: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """The Kubeflow Trainer TrainJob of one DPO round: the template, named, labelled (the
+    labels also go to its JobSet and Jobs through spec.labels), owned, with the round's
+    arguments appended to spec.trainer.args. Kubeflow sets the PET_* variables itself."""
+    if template_launcher(template) != "trainjob":
+        raise KubeError(f"the DPO TrainJob template must be a {TRAINER_GROUP}/{TRAINER_VERSION} TrainJob")
+    trainjob = copy.deepcopy(template)
+    labels = _name_and_own(trainjob, name, run_id, iteration, out_version, owner)
+    spec = trainjob.setdefault("spec", {})
+    if not (spec.get("runtimeRef") or {}).get("name"):
+        raise KubeError("the DPO TrainJob template has no spec.runtimeRef.name (the ClusterTrainingRuntime)")
+    trainer = spec.get("trainer")
+    if not trainer:
+        raise KubeError("the DPO TrainJob template has no spec.trainer")
+    spec.setdefault("labels", {}).update(labels)
+    _quantities(trainer.get("resourcesPerNode"))
+    trainer["args"] = list(trainer.get("args") or []) + _round_args(run_id, iteration, base_version, out_version)
+    return trainjob
+
+
 def job_state(job: dict[str, Any]) -> tuple[Literal["running", "succeeded", "failed"], str]:
-    """Where a Job stands, from its conditions (the Job controller's terminal ones and the
-    interim SuccessCriteriaMet / FailureTarget)."""
+    """Where a Job or a TrainJob stands, from its conditions (the Job controller's terminal
+    ones and the interim SuccessCriteriaMet / FailureTarget; a TrainJob's Complete / Failed)."""
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("status") != "True":
             continue
@@ -232,11 +321,15 @@ def _namespace(cfg: KubernetesConfig) -> str:
 
 
 class KubeOrchestrator:
-    """DPO rounds as Jobs and promotions as rollouts, in one namespace."""
+    """DPO rounds as Jobs (or TrainJobs) and promotions as rollouts, in one namespace."""
 
     def __init__(self, api: k8s.ApiClient, namespace: str, cfg: KubernetesConfig):
         self.namespace, self.cfg = namespace, cfg
+        self.launcher: Launcher = cfg.training_launcher
+        self.permissions = permissions(self.launcher)
         self._core, self._apps, self._batch = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.BatchV1Api(api)
+        self._custom = k8s.CustomObjectsApi(api)
+        self._kind = "job" if self.launcher == "job" else "trainjob"  # in messages
 
     @classmethod
     def from_config(cls, cfg: KubernetesConfig) -> "KubeOrchestrator":
@@ -249,13 +342,19 @@ class KubeOrchestrator:
         try:
             resp = fn(*args, namespace=self.namespace, _preload_content=False, **kwargs)
         except ApiException as err:
-            raise _api_error(what, self.namespace, err) from None
+            raise self._error(what, err) from None
         return json.loads(resp.data or b"{}")
+
+    def _error(self, what: str, err: ApiException) -> KubeError:
+        return _api_error(what, self.namespace, err, self.permissions)
 
     def _deployment(self, name: str) -> dict[str, Any]:
         return self._call(f"get deployment {name}", self._apps.read_namespaced_deployment, name)
 
     def _job(self, name: str) -> dict[str, Any]:
+        if self.launcher == "trainjob":
+            return self._call(f"get trainjob {name}", self._custom.get_namespaced_custom_object,
+                              TRAINER_GROUP, TRAINER_VERSION, plural=TRAINJOB_PLURAL, name=name)
         return self._call(f"get job {name}", self._batch.read_namespaced_job, name)
 
     def job_template(self) -> dict[str, Any]:
@@ -269,28 +368,39 @@ class KubeOrchestrator:
     # ------------------------------------------------------------------ training Jobs
 
     def create_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str) -> str:
-        """Create the Job of DPO round ``iteration``; returns its name. Creating it again
-        (a restarted controller) finds the existing Job of the same round."""
+        """Create the Job (or TrainJob) of DPO round ``iteration``; returns its name. Creating
+        it again (a restarted controller) finds the existing one of the same round."""
         template = self.job_template()
-        name = job_name(template["metadata"]["name"], run_id, iteration)
+        if template_launcher(template) != self.launcher:
+            raise KubeError(f"the DPO template in configmap {self.cfg.job_template_configmap} is a "
+                            f"{template.get('kind')}, but kubernetes.training_launcher is {self.launcher!r} "
+                            "(the chart sets both from trainingJob.launcher)")
+        name = job_name(template["metadata"]["name"], run_id, iteration, name_limit(template))
         owner = None
         if self.cfg.controller_deployment:
             owner = self._deployment(self.cfg.controller_deployment)
-        job = render_job(template, name=name, run_id=run_id, iteration=iteration,
-                         base_version=base_version, out_version=out_version, owner=owner)
+        render = render_job if self.launcher == "job" else render_trainjob
+        obj = render(template, name=name, run_id=run_id, iteration=iteration,
+                     base_version=base_version, out_version=out_version, owner=owner)
         try:
-            self._batch.create_namespaced_job(self.namespace, job, field_manager=FIELD_MANAGER,
-                                              _preload_content=False)
-            log.info("created Job %s (run %s, iteration %d: %s -> %s)", name, run_id, iteration,
+            if self.launcher == "trainjob":
+                # Strict: a field the installed CRD does not know fails here, not silently dropped.
+                self._custom.create_namespaced_custom_object(
+                    TRAINER_GROUP, TRAINER_VERSION, self.namespace, TRAINJOB_PLURAL, obj,
+                    field_manager=FIELD_MANAGER, field_validation="Strict", _preload_content=False)
+            else:
+                self._batch.create_namespaced_job(self.namespace, obj, field_manager=FIELD_MANAGER,
+                                                  _preload_content=False)
+            log.info("created %s %s (run %s, iteration %d: %s -> %s)", obj["kind"], name, run_id, iteration,
                      base_version, out_version)
         except ApiException as err:
             if err.status != 409:
-                raise _api_error(f"create job {name}", self.namespace, err) from None
+                raise self._error(f"create {self._kind} {name}", err) from None
             existing = self._job(name).get("metadata", {}).get("annotations") or {}
             if existing.get(OUT_VERSION_ANNOTATION) != out_version:
-                raise KubeError(f"job {name} already exists for out-version "
+                raise KubeError(f"{self._kind} {name} already exists for out-version "
                                 f"{existing.get(OUT_VERSION_ANNOTATION)!r}, not {out_version!r}") from None
-            log.info("Job %s exists already; following it", name)
+            log.info("%s %s exists already; following it", obj["kind"], name)
         return name
 
     def wait_job(self, name: str, timeout_s: float | None = None) -> None:
@@ -302,19 +412,24 @@ class KubeOrchestrator:
             if state == "succeeded":
                 return
             if state == "failed":
-                raise JobFailed(f"job {name} failed: {message}")
+                raise JobFailed(f"{self._kind} {name} failed: {message}")
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {name} did not finish in time")
+                raise TimeoutError(f"{self._kind} {name} did not finish in time")
             time.sleep(self.cfg.poll_interval_s)
 
     def delete_job(self, name: str) -> None:
-        """Delete a Job and its pods; a Job already gone is fine."""
+        """Delete a Job (or TrainJob) and what it made; one already gone is fine."""
         try:
-            self._batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background",
-                                              _preload_content=False)
+            if self.launcher == "trainjob":
+                self._custom.delete_namespaced_custom_object(
+                    TRAINER_GROUP, TRAINER_VERSION, self.namespace, TRAINJOB_PLURAL, name,
+                    propagation_policy="Background", _preload_content=False)
+            else:
+                self._batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background",
+                                                  _preload_content=False)
         except ApiException as err:
             if err.status != 404:
-                raise _api_error(f"delete job {name}", self.namespace, err) from None
+                raise self._error(f"delete {self._kind} {name}", err) from None
 
     def run_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str) -> None:
         """One DPO round: create, wait, delete after success (a failed Job stays for its logs)."""
@@ -436,10 +551,11 @@ def kube_promoter_and_launcher(config: SRLMConfig, fallback=None, on_failure=Non
     return KubePromoter(orchestrator), KubeTrainerLauncher(orchestrator, fallback, on_failure)
 
 
-def _api_error(what: str, namespace: str, err: ApiException) -> KubeError:
+def _api_error(what: str, namespace: str, err: ApiException,
+               granted: dict[tuple[str, str], frozenset[str]] = PERMISSIONS) -> KubeError:
     if err.status == 403:
         return KubeError(f"{what} in namespace {namespace}: forbidden by RBAC "
-                         f"(the controller's Role grants only {_permissions_text()})")
+                         f"(the controller's Role grants only {_permissions_text(granted)})")
     reason = err.reason
     try:
         reason = json.loads(err.body).get("message", reason)
@@ -448,6 +564,6 @@ def _api_error(what: str, namespace: str, err: ApiException) -> KubeError:
     return KubeError(f"{what} in namespace {namespace}: HTTP {err.status}: {reason}")
 
 
-def _permissions_text() -> str:
+def _permissions_text(granted: dict[tuple[str, str], frozenset[str]]) -> str:
     return ", ".join(f"{'/'.join(sorted(verbs))} {group or 'core'}/{resource}"
-                     for (group, resource), verbs in PERMISSIONS.items())
+                     for (group, resource), verbs in granted.items())

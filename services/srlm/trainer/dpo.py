@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
@@ -15,7 +14,7 @@ from srlm.config import DPOConfig
 from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.data import dpo_examples
 from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
-                              training_arguments)
+                              training_arguments, training_dataset)
 
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -42,20 +41,26 @@ def build_dpo_trainer(model_dir: Path, examples: list[dict], cfg: DPOConfig, *, 
     args = TRLDPOConfig(**training_arguments(cfg, output_dir=output_dir, seed=seed), beta=cfg.beta,
                         disable_dropout=cfg.dropout == 0, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
                         **trl_loss(cfg))
-    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(examples),
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    return DPOTrainer(model=model, ref_model=ref_model, args=args,
+                      train_dataset=training_dataset(examples, output_dir), processing_class=tokenizer,
+                      peft_config=peft_config, callbacks=list(callbacks))
+
+
+def dpo_round(rows: list[dict], cfg: DPOConfig):
+    """What a DPO round trains on and with: the examples, the trainer builder, the summary metrics."""
+    def build(model_dir, examples, *, output_dir, seed, callbacks):
+        return build_dpo_trainer(model_dir, examples, cfg, output_dir=output_dir, seed=seed, callbacks=callbacks)
+
+    return dpo_examples(rows), build, REWARD_METRICS
 
 
 def train_dpo(store: ModelStore, base_version: str, out_version: str, rows: list[dict], cfg: DPOConfig, *,
               run_id: str | None, iteration: int, work_dir: Path, seed: int,
               progress_cb: ProgressFn | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
-    """Train ``base_version`` on preference ``rows`` and publish ``out_version`` (idempotent, resumable)."""
-    examples = dpo_examples(rows)
-
-    def build(model_dir, examples, *, output_dir, seed, callbacks):
-        return build_dpo_trainer(model_dir, examples, cfg, output_dir=output_dir, seed=seed, callbacks=callbacks)
-
+    """Train ``base_version`` on preference ``rows`` in this process and publish ``out_version``
+    (idempotent, resumable)."""
+    examples, build, summary_keys = dpo_round(rows, cfg)
     return run_round(store, kind="dpo", base_version=base_version, out_version=out_version, rows=rows,
-                     examples=examples, cfg=cfg, build_trainer=build, summary_keys=REWARD_METRICS,
+                     examples=examples, cfg=cfg, build_trainer=build, summary_keys=summary_keys,
                      run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb,
                      callbacks=callbacks)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 import transformers
 import trl
+from datasets import Dataset, load_from_disk
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 
 from srlm.config import TrainingSection
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 JOB_FILE = "srlm-job.json"
+# A distributed round's spec and rank 0's progress lines (distributed.py), removed with the work dir.
+SPEC_FILE = "srlm-round.json"
+PROGRESS_FILE = "srlm-progress.jsonl"
+SHARED_DATA_DIR = "train-data"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Per-step metrics in the manifest are the mean of the last logged steps, not one noisy step.
 SUMMARY_LOGS = 10
@@ -77,6 +82,24 @@ def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> 
         "report_to": [],
         "disable_tqdm": True,
     }
+
+
+def training_dataset(examples: list[dict], output_dir: Path) -> Dataset:
+    """The examples as a Dataset. In a round of several processes it is a file-backed copy in the
+    work dir, written by rank 0: TRL caches derived columns (DPO's precomputed reference log-probs)
+    beside a dataset's files, and another rank reads that cache by path, which for an in-memory
+    dataset would be a temporary folder of rank 0's own."""
+    dataset = Dataset.from_list(examples)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return dataset
+    from accelerate import PartialState
+
+    path = output_dir / SHARED_DATA_DIR
+    with PartialState().main_process_first():
+        if PartialState().is_main_process:
+            shutil.rmtree(path, ignore_errors=True)  # a failed attempt's caches
+            dataset.save_to_disk(path)
+        return load_from_disk(path)
 
 
 def load_model(model_dir: Path, cfg: TrainingSection) -> tuple[PreTrainedModel, Any]:
@@ -184,16 +207,17 @@ def last_checkpoint(work_dir: Path) -> Path | None:
 
     transformers writes ``trainer_state.json`` last, so its presence marks a complete save.
     """
-    complete = []
     for path in work_dir.glob("checkpoint-*"):
-        match = CHECKPOINT_RE.match(path.name)
-        if not match or not path.is_dir():
-            continue
-        if (path / "trainer_state.json").is_file():
-            complete.append((int(match.group(1)), path))
-        else:
+        if CHECKPOINT_RE.match(path.name) and path.is_dir() and not (path / "trainer_state.json").is_file():
             log.warning("removing incomplete checkpoint %s", path)
             shutil.rmtree(path, ignore_errors=True)
+    return complete_checkpoint(work_dir)
+
+
+def complete_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete checkpoint, removing nothing (the ranks of a distributed round)."""
+    complete = [(int(m.group(1)), path) for path in work_dir.glob("checkpoint-*")
+                if (m := CHECKPOINT_RE.match(path.name)) and (path / "trainer_state.json").is_file()]
     return max(complete)[1] if complete else None
 
 
@@ -205,8 +229,9 @@ def clear_work_dir(work_dir: Path) -> None:
     for path in work_dir.glob("checkpoint-*"):
         if CHECKPOINT_RE.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
-    (work_dir / "README.md").unlink(missing_ok=True)
-    (work_dir / JOB_FILE).unlink(missing_ok=True)
+    shutil.rmtree(work_dir / SHARED_DATA_DIR, ignore_errors=True)
+    for name in ("README.md", SPEC_FILE, PROGRESS_FILE, JOB_FILE):
+        (work_dir / name).unlink(missing_ok=True)
     try:
         work_dir.rmdir()
     except OSError:
@@ -216,16 +241,18 @@ def clear_work_dir(work_dir: Path) -> None:
 # --------------------------------------------------------------------------- the round
 
 
-def save_trained_model(trainer: Trainer, model_dir: Path, out_dir: Path) -> None:
-    """A full Hugging Face folder: LoRA merged, the base's config values the training changed restored."""
+def save_trained_model(trainer: Trainer, model_dir: Path, out_dir: Path, state_dict: dict | None = None) -> None:
+    """A full Hugging Face folder: LoRA merged, the base's config values the training changed restored.
+    ``state_dict``: the full weights gathered from the ranks of a sharded round."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):  # a peft model
         model = model.merge_and_unload()
+        state_dict = None
     base = AutoConfig.from_pretrained(model_dir)
     for name in (*DROPOUT_FIELDS, "use_cache"):
         if hasattr(base, name):
             setattr(model.config, name, getattr(base, name))
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, state_dict=state_dict)
     trainer.processing_class.save_pretrained(out_dir)
 
 
@@ -265,9 +292,9 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
               run_id: str | None, iteration: int, work_dir: Path, seed: int,
               progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None,
               callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
-    """Train ``base_version`` on ``examples`` and publish ``out_version`` (its parent: the base).
-    ``data_metrics`` (how the training set was made) join the training metrics in the manifest;
-    ``callbacks`` (experiment tracking) see every logged step.
+    """Train ``base_version`` on ``examples`` in this process and publish ``out_version`` (its parent:
+    the base). ``data_metrics`` (how the training set was made) join the training metrics in the
+    manifest; ``callbacks`` (experiment tracking) see every logged step.
 
     ``rows`` (as given, already validated into ``examples``) are stored as the training set.
     A process killed mid-way and started again with the same arguments resumes from the last
@@ -279,16 +306,42 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
         if not cfg.keep_checkpoints:
             clear_work_dir(work_dir)
         return store.get(out_version)
-    model_dir = store.path(base_version)  # checksums verified
+    dataset, data_sha256, checkpoint = prepare_round(store, kind=kind, base_version=base_version,
+                                                     out_version=out_version, rows=rows, cfg=cfg, work_dir=work_dir,
+                                                     seed=seed)
+    manifest = train_and_publish(store, kind=kind, base_version=base_version, out_version=out_version,
+                                 examples=examples, cfg=cfg, build_trainer=build_trainer, summary_keys=summary_keys,
+                                 run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, dataset=dataset,
+                                 data_sha256=data_sha256, checkpoint=checkpoint,
+                                 progress_cb=progress_cb, data_metrics=data_metrics, callbacks=callbacks)
+    assert manifest is not None  # one process is the main process
+    return manifest
+
+
+def prepare_round(store: ModelStore, *, kind: str, base_version: str, out_version: str, rows: list[dict],
+                  cfg: TrainingSection, work_dir: Path, seed: int) -> tuple[str, str, Path | None]:
+    """Store the training set beside the models and claim ``work_dir`` for this round (once, before
+    any rank trains); returns the data set's name and checksum and the checkpoint to resume from
+    (incomplete ones are removed)."""
     dataset = f"{out_version}.{kind}"
     data_sha256 = store.put_dataset(dataset, rows)
     bind_work_dir(work_dir, {"kind": kind, "base_version": base_version, "out_version": out_version,
                              "training_data_sha256": data_sha256, "seed": seed,
                              "config": cfg.model_dump(mode="json")})
-    checkpoint = last_checkpoint(work_dir)
+    return dataset, data_sha256, last_checkpoint(work_dir)
+
+
+def train_and_publish(store: ModelStore, *, kind: str, base_version: str, out_version: str, examples: list[dict],
+                      cfg: TrainingSection, build_trainer: TrainerBuilder, summary_keys: Sequence[str],
+                      run_id: str | None, iteration: int, work_dir: Path, seed: int, dataset: str, data_sha256: str,
+                      checkpoint: Path | None, progress_cb: ProgressFn | None = None,
+                      data_metrics: Mapping[str, float] | None = None,
+                      callbacks: Sequence[TrainerCallback] = ()) -> Manifest | None:
+    """Train (from ``checkpoint`` if given) and publish: one process, or every rank of a distributed
+    round, of which the main process alone writes the version (None on the others)."""
     log.info("%s %s -> %s on %d examples%s", kind.upper(), base_version, out_version, len(examples),
              f", resuming from {checkpoint.name}" if checkpoint else "")
-
+    model_dir = store.path(base_version)  # checksums verified
     progress = ProgressCallback(progress_cb, version=out_version)
     trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress, *callbacks])
     dropped = len(examples) - len(trainer.train_dataset)
@@ -296,17 +349,24 @@ def run_round(store: ModelStore, *, kind: str, base_version: str, out_version: s
         log.warning("%d of %d examples do not fit max_length %d and are not trained on",
                     dropped, len(examples), cfg.max_length)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics = summarize(trainer, result.metrics, progress, summary_keys)
-    metrics.update(examples=float(len(examples)), examples_dropped=float(dropped), **(data_metrics or {}))
-
-    extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
-             "log_history": step_logs(trainer.state.log_history),
-             "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}}
-    with store.staging(out_version) as staged:
-        save_trained_model(trainer, model_dir, staged)
-        manifest = store.publish(staged, version_id=out_version, parent_id=base_version, run_id=run_id,
-                                 iteration=iteration, kind=kind, training_data=dataset,
-                                 training_data_sha256=data_sha256, metrics=metrics, extra=extra)
-    if not cfg.keep_checkpoints:
+    accelerator = trainer.accelerator
+    # Under FSDP / ZeRO-3 the full weights exist only once gathered: a collective of every rank.
+    state_dict = accelerator.get_state_dict(trainer.model) if accelerator.num_processes > 1 else None
+    manifest = None
+    if accelerator.is_main_process:
+        metrics = summarize(trainer, result.metrics, progress, summary_keys)
+        metrics.update(examples=float(len(examples)), examples_dropped=float(dropped), **(data_metrics or {}))
+        extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
+                 "world_size": accelerator.num_processes,
+                 "log_history": step_logs(trainer.state.log_history),
+                 "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
+                              "torch": torch.__version__}}
+        with store.staging(out_version) as staged:
+            save_trained_model(trainer, model_dir, staged, state_dict)
+            manifest = store.publish(staged, version_id=out_version, parent_id=base_version, run_id=run_id,
+                                     iteration=iteration, kind=kind, training_data=dataset,
+                                     training_data_sha256=data_sha256, metrics=metrics, extra=extra)
+    accelerator.wait_for_everyone()  # no rank ends (and no work dir goes) before the version is written
+    if accelerator.is_main_process and not cfg.keep_checkpoints:
         clear_work_dir(work_dir)
     return manifest

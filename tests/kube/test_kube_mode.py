@@ -10,7 +10,6 @@ cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -315,15 +314,7 @@ def test_the_controller_used_exactly_what_its_role_grants(orchestrator, admin, r
     orchestrator.run_training_job("run-audit", 1, "m2", "m3")
     orchestrator.set_inference_version("m3")
     user = f"system:serviceaccount:{NAMESPACE}:{CONTROLLER_SA}"
-    used: dict[tuple[str, str], set[str]] = {}
-    for line in kube_cluster.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        if event["user"]["username"] != user or event["stage"] != "ResponseComplete":
-            continue
-        if event["responseStatus"]["code"] >= 400:
-            continue  # denied (test above) or not found
-        ref = event["objectRef"]
-        used.setdefault((ref.get("apiGroup", ""), ref["resource"]), set()).add(event["verb"])
+    used = kube_cluster.granted_requests(user)
     assert used == {key: set(verbs) for key, verbs in permissions("job").items()}
 
 

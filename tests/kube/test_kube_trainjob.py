@@ -260,15 +260,7 @@ def test_the_controller_used_only_what_its_role_grants(orchestrator, admin, kube
     finish_trainjob(admin, name, succeeded=True)
     orchestrator.run_training_job("run-audit", 1, "m2", "m3")
     user = f"system:serviceaccount:{NAMESPACE}:{CONTROLLER_SA}"
-    used: dict[tuple[str, str], set[str]] = {}
-    for line in kube_cluster.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        if event["user"]["username"] != user or event["stage"] != "ResponseComplete":
-            continue
-        if event["responseStatus"]["code"] >= 400:
-            continue  # denied (test above) or not found
-        ref = event["objectRef"]
-        used.setdefault((ref.get("apiGroup", ""), ref["resource"]), set()).add(event["verb"])
+    used = kube_cluster.granted_requests(user)
     granted = permissions("trainjob")
     assert used[(TRAINER_GROUP, TRAINJOB_PLURAL)] == {"create", "get", "delete"}
     assert ("batch", "jobs") not in used

@@ -7,7 +7,7 @@
     srlm models import-smollm2                    # M0 into the model store
     srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
-    srlm train dpo --run-id R --iteration I --base-version V --out-version W   # a training Job
+    srlm train sft|dpo --run-id R --iteration I --base-version V --out-version W   # a training Job
     srlm kafka-acls [--format strimzi]            # each service's Kafka ACLs, for a secured cluster
 """
 

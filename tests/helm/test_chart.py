@@ -143,7 +143,7 @@ def test_default_gpus_and_probes(rendered):
         dep = one(objs, "Deployment", f"t-srlm-{name}")
         (container,) = dep["spec"]["template"]["spec"]["containers"]
         gpus = container["resources"].get("limits", {}).get("nvidia.com/gpu")
-        assert gpus == (None if name == "controller" else 1), name
+        assert gpus == (None if name in ("controller", "trainer") else 1), name  # training rounds are Jobs
         grpc_port = getattr(config.services, name).grpc
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": grpc_port}, (name, probe)
@@ -337,7 +337,7 @@ def test_dpo_job_template(rendered):
     spec = template["spec"]
     assert spec["backoffLimit"] == 0 and spec["template"]["spec"]["restartPolicy"] == "Never"
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["train", "dpo"]
+    assert container["args"] == ["train"]  # the controller adds the round's kind and arguments
     assert container["image"].endswith(":0.1.0-gpu")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     job = render_job(template, name="t-srlm-dpo-run-7-2", run_id="run-7", iteration=2,
@@ -345,6 +345,9 @@ def test_dpo_job_template(rendered):
                      owner={"metadata": {"name": "t-srlm-controller", "uid": "u-1"}})
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "train", "dpo", "--run-id", "run-7", "--iteration", "2", "--base-version", "m2", "--out-version", "m3"]
+    sft = render_job(template, name="t-srlm-dpo-run-7-0", run_id="run-7", iteration=0, base_version="m0",
+                     out_version="m1", owner=None, kind="sft")
+    assert sft["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["train", "sft"]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
@@ -543,7 +546,7 @@ def test_trainjob_launcher(helm_bin):
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
     assert trainer["resourcesPerNode"]["limits"] == {"memory": "128Gi", "nvidia.com/gpu": 8}
     assert trainer["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == 8
-    assert trainer["command"] == ["srlm"] and trainer["args"] == ["train", "dpo"]
+    assert trainer["command"] == ["srlm"] and trainer["args"] == ["train"]
     assert trainer["image"].endswith(":0.1.0-gpu")
     assert not PET & {e["name"] for e in trainer["env"]}  # Kubeflow injects (and rejects) them
     (override,) = spec["podSpecOverrides"]

@@ -83,7 +83,7 @@ ROUND_ARGS = ["--run-id", "run-7", "--iteration", "2", "--base-version", "m2", "
 def indexed_job(nodes=2, subdomain="t-srlm-dpo"):
     """The shape of the chart's Indexed Job template."""
     pod = {"restartPolicy": "Never", "containers": [{
-        "name": "dpo", "args": ["train", "dpo"],
+        "name": "dpo", "args": ["train"],
         "resources": {"limits": {"nvidia.com/gpu": 4}},
         "env": [{"name": "PET_NNODES", "value": str(nodes)},
                 {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
@@ -102,7 +102,7 @@ def trainjob(nodes=2):
             "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
                                     "name": "torch-distributed"},
                      "labels": {"app.kubernetes.io/component": "dpo"},
-                     "trainer": {"image": "i", "command": ["srlm"], "args": ["train", "dpo"], "numNodes": nodes,
+                     "trainer": {"image": "i", "command": ["srlm"], "args": ["train"], "numNodes": nodes,
                                  "numProcPerNode": 4, "resourcesPerNode": {"limits": {"nvidia.com/gpu": 4}}}}}
 
 
@@ -151,7 +151,7 @@ def test_render_trainjob():
     assert trainer["args"] == ["train", "dpo", *ROUND_ARGS]
     assert trainer["numNodes"] == 2 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
     assert "env" not in trainer  # Kubeflow injects PET_*; it rejects them in spec.trainer.env
-    assert template["spec"]["trainer"]["args"] == ["train", "dpo"]
+    assert template["spec"]["trainer"]["args"] == ["train"]
     with pytest.raises(KubeError, match="TrainJob"):
         render_trainjob(indexed_job(), name="n", owner=None, **ROUND)
     with pytest.raises(KubeError, match="batch/v1 Job"):

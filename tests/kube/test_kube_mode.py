@@ -345,8 +345,15 @@ def test_controller_hooks_run_a_round_and_a_promotion(orchestrator, admin, rollo
     else:
         pytest.fail("the succeeded Job was not deleted")
     assert batch.read_namespaced_job("t-srlm-dpo-run-hooks-2", NAMESPACE)  # kept for its logs
-    sft = records_pb2.IterationCommand(kind=records_pb2.COMMAND_KIND_TRAIN_SFT)
-    with pytest.raises(KubeError, match="only DPO rounds"):
-        launcher(sft)
+    # SFT is a round like the others: its own Job, `srlm train sft`
+    sft = records_pb2.IterationCommand(kind=records_pb2.COMMAND_KIND_TRAIN_SFT, base_version="m0",
+                                       output_version="m1")
+    sft.meta.run_id, sft.meta.iteration = "run-hooks", 0
+    launcher(sft)
+    (container,) = batch.read_namespaced_job("t-srlm-dpo-run-hooks-0", NAMESPACE).spec.template.spec.containers
+    assert container.args[:4] == ["train", "sft", "--run-id", "run-hooks"]
+    finish_job(admin, "t-srlm-dpo-run-hooks-0", succeeded=True)
+    with pytest.raises(KubeError, match="only training rounds"):
+        launcher(records_pb2.IterationCommand(kind=records_pb2.COMMAND_KIND_GENERATE_PROMPTS))
     assert KubePromoter(orchestrator).promote("m4") >= 0
     assert versions(admin) == dict.fromkeys(INFERENCE, "m4")

@@ -2,7 +2,8 @@
 
 Two steps of the loop leave the controller's process here:
 
-- a DPO round runs on the training pool as an Indexed Job (one pod per node, torchrun's
+- a training round (SFT, and each DPO round) runs on the training pool as an Indexed Job
+  (``srlm train sft|dpo ...``; one pod per node, torchrun's
   PET_* topology in its env, rank 0 reachable through the chart's headless Service) or as a
   Kubeflow Trainer TrainJob (``kubernetes.training_launcher``), made from the template the
   Helm chart renders into a ConfigMap (``kubernetes.job_template_configmap``), owned by the
@@ -118,8 +119,14 @@ def label_value(value: str) -> str:
     return _LABEL_VALUE.sub("_", value)[:63].strip("_.-")
 
 
-def _round_args(run_id: str, iteration: int, base_version: str, out_version: str) -> list[str]:
-    return ["--run-id", run_id, "--iteration", str(iteration), "--base-version", base_version,
+ROUND_KINDS = ("sft", "dpo")
+
+
+def _round_args(kind: str, run_id: str, iteration: int, base_version: str, out_version: str) -> list[str]:
+    """What the template's ``srlm train`` is completed with: the round's kind and arguments."""
+    if kind not in ROUND_KINDS:
+        raise KubeError(f"no training round of kind {kind!r} (one of {ROUND_KINDS})")
+    return [kind, "--run-id", run_id, "--iteration", str(iteration), "--base-version", base_version,
             "--out-version", out_version]
 
 
@@ -168,9 +175,9 @@ def name_limit(template: dict[str, Any]) -> int:
 
 
 def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: int,
-               base_version: str, out_version: str, owner: dict[str, Any] | None) -> dict[str, Any]:
-    """The Job of one DPO round: the template, named, labelled, owned, with the round's
-    arguments appended to its (single) container's args and, with several pods,
+               base_version: str, out_version: str, owner: dict[str, Any] | None, kind: str = "dpo") -> dict[str, Any]:
+    """The Job of one training round (SFT or DPO): the template, named, labelled, owned, with the
+    round's kind and arguments appended to its (single) container's args and, with several pods,
     PET_MASTER_ADDR set to rank 0's pod, `<name>-0.<subdomain>` (the Job's name is only known
     here; one pod keeps the template's value, empty: its own loopback, no DNS needed)."""
     if template_launcher(template) != "job":
@@ -188,7 +195,7 @@ def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: i
         raise KubeError(f"the DPO Job template must have one container, it has {len(containers)}")
     _quantities(containers[0].get("resources"))
     containers[0]["args"] = list(containers[0].get("args") or []) + _round_args(
-        run_id, iteration, base_version, out_version)
+        kind, run_id, iteration, base_version, out_version)
     for env in containers[0].get("env") or []:
         if env.get("name") == MASTER_ADDR_ENV and int(spec.get("completions") or 1) > 1:
             subdomain = pod["spec"].get("subdomain")
@@ -201,10 +208,11 @@ def render_job(template: dict[str, Any], *, name: str, run_id: str, iteration: i
 
 
 def render_trainjob(template: dict[str, Any], *, name: str, run_id: str, iteration: int,
-                    base_version: str, out_version: str, owner: dict[str, Any] | None) -> dict[str, Any]:
-    """The Kubeflow Trainer TrainJob of one DPO round: the template, named, labelled (the
-    labels also go to its JobSet and Jobs through spec.labels), owned, with the round's
-    arguments appended to spec.trainer.args. Kubeflow sets the PET_* variables itself."""
+                    base_version: str, out_version: str, owner: dict[str, Any] | None,
+                    kind: str = "dpo") -> dict[str, Any]:
+    """The Kubeflow Trainer TrainJob of one training round: the template, named, labelled (the
+    labels also go to its JobSet and Jobs through spec.labels), owned, with the round's kind
+    and arguments appended to spec.trainer.args. Kubeflow sets the PET_* variables itself."""
     if template_launcher(template) != "trainjob":
         raise KubeError(f"the DPO TrainJob template must be a {TRAINER_GROUP}/{TRAINER_VERSION} TrainJob")
     trainjob = copy.deepcopy(template)
@@ -217,7 +225,8 @@ def render_trainjob(template: dict[str, Any], *, name: str, run_id: str, iterati
         raise KubeError("the DPO TrainJob template has no spec.trainer")
     spec.setdefault("labels", {}).update(labels)
     _quantities(trainer.get("resourcesPerNode"))
-    trainer["args"] = list(trainer.get("args") or []) + _round_args(run_id, iteration, base_version, out_version)
+    trainer["args"] = list(trainer.get("args") or []) + _round_args(kind, run_id, iteration, base_version,
+                                                                    out_version)
     return trainjob
 
 
@@ -367,9 +376,11 @@ class KubeOrchestrator:
 
     # ------------------------------------------------------------------ training Jobs
 
-    def create_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str) -> str:
-        """Create the Job (or TrainJob) of DPO round ``iteration``; returns its name. Creating
-        it again (a restarted controller) finds the existing one of the same round."""
+    def create_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str,
+                            kind: str = "dpo") -> str:
+        """Create the Job (or TrainJob) of the training round of ``iteration`` (SFT: iteration 0);
+        returns its name. Creating it again (a restarted controller) finds the existing one of
+        the same round."""
         template = self.job_template()
         if template_launcher(template) != self.launcher:
             raise KubeError(f"the DPO template in configmap {self.cfg.job_template_configmap} is a "
@@ -381,7 +392,7 @@ class KubeOrchestrator:
             owner = self._deployment(self.cfg.controller_deployment)
         render = render_job if self.launcher == "job" else render_trainjob
         obj = render(template, name=name, run_id=run_id, iteration=iteration,
-                     base_version=base_version, out_version=out_version, owner=owner)
+                     base_version=base_version, out_version=out_version, owner=owner, kind=kind)
         try:
             if self.launcher == "trainjob":
                 # Strict: a field the installed CRD does not know fails here, not silently dropped.
@@ -431,9 +442,10 @@ class KubeOrchestrator:
             if err.status != 404:
                 raise self._error(f"delete {self._kind} {name}", err) from None
 
-    def run_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str) -> None:
-        """One DPO round: create, wait, delete after success (a failed Job stays for its logs)."""
-        name = self.create_training_job(run_id, iteration, base_version, out_version)
+    def run_training_job(self, run_id: str, iteration: int, base_version: str, out_version: str,
+                         kind: str = "dpo") -> None:
+        """One training round: create, wait, delete after success (a failed Job stays for its logs)."""
+        name = self.create_training_job(run_id, iteration, base_version, out_version, kind)
         self.wait_job(name)
         self.delete_job(name)
 
@@ -513,11 +525,14 @@ class KubePromoter:
         return time.perf_counter() - start
 
 
+JOB_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo"}
+
+
 class KubeTrainerLauncher:
-    """The controller's trainer launcher on Kubernetes: a TRAIN_DPO command becomes the
-    round's Job and returns at once (the Job publishes the new version on srlm.models, which
+    """The controller's trainer launcher on Kubernetes: a TRAIN_SFT or TRAIN_DPO command becomes
+    the round's Job and returns at once (the Job publishes the new version on srlm.models, which
     the controller follows); a watcher thread deletes the Job after success, or reports the
-    failure to ``on_failure``. Other commands go to ``fallback`` (the trainer service)."""
+    failure to ``on_failure``. Other commands go to ``fallback``."""
 
     def __init__(self, orchestrator: KubeOrchestrator,
                  fallback: Callable[[records_pb2.IterationCommand], None] | None = None,
@@ -525,13 +540,14 @@ class KubeTrainerLauncher:
         self.orchestrator, self.fallback, self.on_failure = orchestrator, fallback, on_failure
 
     def __call__(self, cmd: records_pb2.IterationCommand) -> None:
-        if cmd.kind != records_pb2.COMMAND_KIND_TRAIN_DPO:
+        kind = JOB_KINDS.get(cmd.kind)
+        if kind is None:
             if self.fallback is None:
-                raise KubeError(f"only DPO rounds run as Jobs; no fallback for command kind {cmd.kind}")
+                raise KubeError(f"only training rounds run as Jobs; no fallback for command kind {cmd.kind}")
             self.fallback(cmd)
             return
         name = self.orchestrator.create_training_job(cmd.meta.run_id, cmd.meta.iteration,
-                                                     cmd.base_version, cmd.output_version)
+                                                     cmd.base_version, cmd.output_version, kind)
         threading.Thread(target=self._watch, args=(cmd, name), name=f"watch-{name}", daemon=True).start()
 
     def _watch(self, cmd: records_pb2.IterationCommand, name: str) -> None:
@@ -539,7 +555,7 @@ class KubeTrainerLauncher:
             self.orchestrator.wait_job(name)
             self.orchestrator.delete_job(name)
         except Exception as err:  # noqa: BLE001 - reported, the Job is kept for its logs
-            log.error("DPO round %s of run %s: %s", cmd.meta.iteration, cmd.meta.run_id, err)
+            log.error("training round %s of run %s: %s", cmd.meta.iteration, cmd.meta.run_id, err)
             if self.on_failure is not None:
                 self.on_failure(cmd, err)
 

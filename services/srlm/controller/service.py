@@ -52,9 +52,9 @@ class Controller:
         self._thread = threading.Thread(target=self._loop, name="controller-loop", daemon=True)
 
     def _kubernetes(self):
-        """Promotion rolls the inference Deployments out; each DPO round is a Job. Every
-        command still goes to srlm.commands: the trainer service takes SFT, and the Job reads
-        its own command (pair ids, run config) from there."""
+        """Promotion rolls the inference Deployments out; each training round (SFT, DPO) is a
+        Job. Every command still goes to srlm.commands: the Job reads its own command (run
+        config, pair ids) from there."""
         from srlm.controller.kube import kube_promoter_and_launcher
 
         def send(cmd: records_pb2.IterationCommand) -> None:

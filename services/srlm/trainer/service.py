@@ -150,8 +150,8 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
     def handle_command(cmd: records_pb2.IterationCommand):
         if cmd.kind not in (records_pb2.COMMAND_KIND_TRAIN_SFT, records_pb2.COMMAND_KIND_TRAIN_DPO):
             return []
-        if cmd.kind == records_pb2.COMMAND_KIND_TRAIN_DPO and config.services.mode == "kubernetes":
-            return []  # on Kubernetes each DPO round is a Job (``srlm train dpo``) created by the controller
+        if config.services.mode == "kubernetes":
+            return []  # on Kubernetes each round is a Job (``srlm train sft|dpo``) created by the controller
         try:
             record = train(cmd, config, store, state)
         except Exception as err:
@@ -164,18 +164,18 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
 
 
 def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
-    """``srlm train dpo|sft ...``: one round as a Kubernetes Job runs it, then announce the version."""
+    """``srlm train dpo|sft ...``: one round as a Kubernetes Job runs it, then announce the version
+    (on node 0 of a multi-node round)."""
     from srlm.runtime.pipeline import make_publisher
 
     kind = records_pb2.COMMAND_KIND_TRAIN_SFT if args.kind == "sft" else records_pb2.COMMAND_KIND_TRAIN_DPO
     cmd = records_pb2.IterationCommand(meta=meta(args.run_id, args.iteration, args.base_version,
                                                  f"{args.run_id}.i{args.iteration}.{args.kind}"),
                                        kind=kind, base_version=args.base_version, output_version=args.out_version)
-    if kind == records_pb2.COMMAND_KIND_TRAIN_DPO:
-        # The pair ids come from the controller's command on srlm.commands.
-        for c in read_topic(config, "commands"):
-            if c.meta.id == cmd.meta.id:
-                cmd = c
+    # The run's config (and a DPO round's pair ids) come from the controller's command on srlm.commands.
+    for c in read_topic(config, "commands"):
+        if c.meta.id == cmd.meta.id:
+            cmd = c
     store = ModelStore(config.model_store.root)
     record = train(cmd, config, store)
     if record is None:  # a node other than 0 of a multi-node round: node 0 announces the version

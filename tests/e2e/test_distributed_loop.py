@@ -35,6 +35,6 @@ def test_the_loop_runs_its_training_rounds_on_two_processes(tmp_path):
         pairs = {p.meta.id for p in pair_records(config) if p.meta.run_id == RUN_ID}
         assert {r["pair_id"] for r in store.get_dataset(m2.training_data)} == pairs
         assert state.serving_version in (f"{RUN_ID}.m1", f"{RUN_ID}.m2")
-        assert not list((tmp_path / "checkpoints").glob("*")), "the rounds' work dirs are cleared"
+        assert not list(store.checkpoints_dir.glob("*")), "the rounds' work dirs are cleared"
     finally:
         stack.stop()

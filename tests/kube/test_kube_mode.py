@@ -18,11 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from srlm.config import parse_config
 from srlm.controller.kube import (FIELD_MANAGER, MODEL_VERSION_ANNOTATION, JobFailed, KubeError,
                                   KubeOrchestrator, KubePromoter, KubeTrainerLauncher, RolloutFailed,
                                   api_client, model_version, permissions)
@@ -62,17 +60,8 @@ def release(kube_cluster, helm_bin, tmp_path_factory):
 def kube_config(release, admin, kube_cluster, tmp_path_factory):
     """The installed srlm config's kubernetes section, pointed at the test API server with a
     token of the chart's controller ServiceAccount."""
-    core = client.CoreV1Api(admin)
-    token = core.create_namespaced_service_account_token(
-        CONTROLLER_SA, NAMESPACE,
-        {"spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}}).status.token
-    token_file = tmp_path_factory.mktemp("sa") / "token"
-    token_file.write_text(token)
-    cm = core.read_namespaced_config_map("t-srlm-config", NAMESPACE)
-    kube = parse_config(yaml.safe_load(cm.data["config.yaml"]), environ={}).kubernetes
-    return kube.model_copy(update={"api_server": kube_cluster.server, "token_file": token_file,
-                                   "ca_file": kube_cluster.ca_file, "namespace": NAMESPACE,
-                                   "poll_interval_s": 0.1, "rollout_timeout_s": 20.0, "job_timeout_s": 20.0})
+    return kube_cluster.controller_config(admin, NAMESPACE, CONTROLLER_SA, tmp_path_factory.mktemp("sa"),
+                                          rollout_timeout_s=20.0, job_timeout_s=20.0)
 
 
 @pytest.fixture(scope="module")

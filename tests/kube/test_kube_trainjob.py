@@ -23,7 +23,6 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from srlm.config import parse_config
 from srlm.controller.kube import (TRAINER_GROUP, TRAINER_VERSION, TRAINJOB_PLURAL, JobFailed, KubeError,
                                   KubeOrchestrator, api_client, permissions, render_trainjob)
 from tests.fixtures.kube import CACHE
@@ -93,18 +92,10 @@ def release(crds, kube_cluster, helm_bin, tmp_path_factory):
 @pytest.fixture(scope="module")
 def kube_config(release, admin, kube_cluster, tmp_path_factory):
     """The installed srlm config's kubernetes section, with the controller ServiceAccount's token."""
-    core = client.CoreV1Api(admin)
-    token = core.create_namespaced_service_account_token(
-        CONTROLLER_SA, NAMESPACE,
-        {"spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}}).status.token
-    token_file = tmp_path_factory.mktemp("sa") / "token"
-    token_file.write_text(token)
-    cm = core.read_namespaced_config_map("t-srlm-config", NAMESPACE)
-    kube = parse_config(yaml.safe_load(cm.data["config.yaml"]), environ={}).kubernetes
+    kube = kube_cluster.controller_config(admin, NAMESPACE, CONTROLLER_SA, tmp_path_factory.mktemp("sa"),
+                                          job_timeout_s=20.0)
     assert kube.training_launcher == "trainjob"  # the chart sets it with the template
-    return kube.model_copy(update={"api_server": kube_cluster.server, "token_file": token_file,
-                                   "ca_file": kube_cluster.ca_file, "namespace": NAMESPACE,
-                                   "poll_interval_s": 0.1, "job_timeout_s": 20.0})
+    return kube
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def run_distributed_round(store: ModelStore, config: SRLMConfig, *, kind: str, b
         if rows is None:
             raise ValueError("node 0 of a distributed round needs the training rows")
         dataset, sha256, _ = prepare_round(store, kind=kind, base_version=base_version, out_version=out_version,
-                                        rows=rows, cfg=cfg, work_dir=work_dir, seed=seed)
+                                           rows=rows, cfg=cfg, work_dir=work_dir, seed=seed)
         write_spec(spec_path, {
             "kind": kind, "store_root": str(store.root), "base_version": base_version, "out_version": out_version,
             "dataset": dataset, "training_data_sha256": sha256, "run_id": run_id, "iteration": iteration,

@@ -12,7 +12,7 @@ pytest_plugins = [
 # Measured peak of the suite's temporary files (model copies, checkpoints, brokers) with
 # pyproject's tmp_path_retention_policy = "failed"; a machine with less free disk fails
 # somewhere late with ENOSPC, so the header says it up front.
-PEAK_DISK_GIB = 15
+PEAK_DISK_GIB = 12
 
 
 def pytest_report_header(config):

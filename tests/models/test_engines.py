@@ -191,6 +191,37 @@ def test_transformers_seed_reproduces(m0_dir):
     assert engine.version_id is None
 
 
+def test_transformers_records_sampled_tokens_and_their_logprobs(m0_dir):
+    """Each sample's tokens and log-probabilities at the sampling temperature are what one
+    teacher-forced forward pass over prompt + sample gives (the GRPO trainer's computation)."""
+    import torch
+
+    from srlm.models.engines.base import chat_prompt_ids
+
+    engine = create_engine(ENGINE_CONFIGS["transformers"].model_copy(update={"dtype": "float32"}))
+    engine.load(m0_dir, "m0")
+    try:
+        temperature = 0.7
+        params = SamplingParams(n=3, temperature=temperature, top_p=0.9, max_tokens=24, seed=7)
+        results = engine.generate(CONVERSATIONS, params)
+        checked = 0
+        for conversation, result in zip(CONVERSATIONS, results):
+            prompt = chat_prompt_ids(engine.tokenizer, conversation)
+            for c in result.completions:
+                assert len(c.token_ids) == len(c.logprobs) == c.num_tokens > 0
+                assert engine.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+                with torch.no_grad():
+                    logits = engine.model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1:-1]
+                expected = torch.log_softmax(logits.float() / temperature, -1).gather(
+                    1, torch.tensor(c.token_ids)[:, None])[:, 0]
+                assert torch.allclose(torch.tensor(c.logprobs), expected, atol=2e-3), (c.logprobs[:5], expected[:5])
+                assert all(lp <= 0 for lp in c.logprobs)
+                checked += 1
+        assert checked == 6
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"n": 0}, "n must be"), ({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"), ({"stop": "###"}, "stop must be"), ({"stop": ("",)}, "stop must be"),

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-KINDS = ("base", "sft", "dpo")
+KINDS = ("base", "sft", "dpo", "grpo")
 STATUSES = ("published", "promoted", "rejected", "rolled_back")
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _CHUNK = 1 << 20

@@ -36,8 +36,10 @@ def sample_candidates(prompt: records_pb2.Prompt, host: ModelHost, config: SRLMC
         params=records_pb2.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                                           max_tokens=params.max_tokens, stop=list(params.stop), seed=params.seed),
         judging=prompt.judging,
+        verification=prompt.verification,
     )
     for i, c in enumerate(result.completions):
         out.candidates.add(candidate_id=ids.candidate_id(prompt.meta.id, i), index=i, text=c.text,
-                           num_tokens=c.num_tokens, finish_reason=c.finish_reason)
+                           num_tokens=c.num_tokens, finish_reason=c.finish_reason, token_ids=c.token_ids,
+                           token_logprobs=c.logprobs)
     return out

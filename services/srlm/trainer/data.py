@@ -108,3 +108,47 @@ def dpo_examples(rows: list[dict[str, Any]]) -> list[dict[str, list[dict[str, st
             "rejected": _answer(row["rejected"], f"rows[{i}].rejected"),
         })
     return out
+
+
+def grpo_groups(rows: list[dict[str, Any]], drop_uniform: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Scored candidate groups -> ``{prompt text: [candidate, ...]}`` for GRPO.
+
+    A row is ``{"group_id", "prompt": str, "candidates": [{"text", "reward", "token_ids"?,
+    "logprobs"?}]}``; every group has the same number of candidates (TRL's ``num_generations``).
+    A reward may be None (no source could score the candidate): it is left out of its group's
+    baseline. With ``drop_uniform`` a group whose rewards are all equal (zero advantages) is left
+    out; a second group with the same prompt text too (it would be the same GRPO example).
+    """
+    _check_rows(rows)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    size = None
+    for i, row in enumerate(rows):
+        for key in ("group_id", "prompt", "candidates"):
+            if key not in row:
+                raise TrainingDataError(f"rows[{i}].{key}: missing")
+        prompt = _turn(row["prompt"], "user", f"rows[{i}].prompt")[-1]["content"]
+        candidates = row["candidates"]
+        if not isinstance(candidates, list) or len(candidates) < 2:
+            raise TrainingDataError(f"rows[{i}].candidates: expected a list of at least 2 candidates")
+        size = size or len(candidates)
+        if len(candidates) != size:
+            raise TrainingDataError(f"rows[{i}].candidates: {len(candidates)} candidates, rows[0] has {size}: "
+                                    f"every group must have the same size")
+        out = []
+        for j, c in enumerate(candidates):
+            where = f"rows[{i}].candidates[{j}]"
+            if not isinstance(c, dict) or not isinstance(c.get("text"), str):
+                raise TrainingDataError(f"{where}.text: expected a string")
+            reward = c.get("reward")
+            if reward is not None and not (isinstance(reward, (int, float)) and reward == reward):
+                raise TrainingDataError(f"{where}.reward: expected a number or null, got {reward!r}")
+            token_ids, logprobs = c.get("token_ids") or [], c.get("logprobs") or []
+            if logprobs and len(logprobs) != len(token_ids):
+                raise TrainingDataError(f"{where}.logprobs: {len(logprobs)} values for {len(token_ids)} tokens")
+            out.append({"text": c["text"], "reward": reward, "token_ids": list(token_ids),
+                        "logprobs": list(logprobs)})
+        scored = {c["reward"] for c in out if c["reward"] is not None}
+        if drop_uniform and len(scored) < 2:
+            continue
+        groups.setdefault(prompt, out)
+    return groups

@@ -30,6 +30,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_BASE: _ClassVar[ModelKind]
     MODEL_KIND_SFT: _ClassVar[ModelKind]
     MODEL_KIND_DPO: _ClassVar[ModelKind]
+    MODEL_KIND_GRPO: _ClassVar[ModelKind]
 
 class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -60,6 +61,7 @@ class CommandKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMMAND_KIND_GENERATE_PROMPTS: _ClassVar[CommandKind]
     COMMAND_KIND_TRAIN_SFT: _ClassVar[CommandKind]
     COMMAND_KIND_TRAIN_DPO: _ClassVar[CommandKind]
+    COMMAND_KIND_TRAIN_GRPO: _ClassVar[CommandKind]
 PROMPT_SOURCE_UNSPECIFIED: PromptSource
 PROMPT_SOURCE_SEED: PromptSource
 PROMPT_SOURCE_GENERATED: PromptSource
@@ -72,6 +74,7 @@ MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_BASE: ModelKind
 MODEL_KIND_SFT: ModelKind
 MODEL_KIND_DPO: ModelKind
+MODEL_KIND_GRPO: ModelKind
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_PUBLISHED: ModelStatus
 MODEL_STATUS_PROMOTED: ModelStatus
@@ -93,6 +96,7 @@ COMMAND_KIND_UNSPECIFIED: CommandKind
 COMMAND_KIND_GENERATE_PROMPTS: CommandKind
 COMMAND_KIND_TRAIN_SFT: CommandKind
 COMMAND_KIND_TRAIN_DPO: CommandKind
+COMMAND_KIND_TRAIN_GRPO: CommandKind
 
 class RecordMeta(_message.Message):
     __slots__ = ("run_id", "iteration", "model_version", "id", "created_at", "trace_id", "work")
@@ -147,50 +151,70 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Prompt(_message.Message):
-    __slots__ = ("meta", "text", "source", "demonstration_ids", "sampling", "judging")
+    __slots__ = ("meta", "text", "source", "demonstration_ids", "sampling", "judging", "verification")
     META_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DEMONSTRATION_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     JUDGING_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     meta: RecordMeta
     text: str
     source: PromptSource
     demonstration_ids: _containers.RepeatedScalarFieldContainer[str]
     sampling: SamplingParams
     judging: SamplingParams
-    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., text: _Optional[str] = ..., source: _Optional[_Union[PromptSource, str]] = ..., demonstration_ids: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    verification: Verification
+    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., text: _Optional[str] = ..., source: _Optional[_Union[PromptSource, str]] = ..., demonstration_ids: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
+
+class Verification(_message.Message):
+    __slots__ = ("instruction_ids", "instruction_kwargs_json", "label", "labels")
+    INSTRUCTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_KWARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    instruction_ids: _containers.RepeatedScalarFieldContainer[str]
+    instruction_kwargs_json: _containers.RepeatedScalarFieldContainer[str]
+    label: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, instruction_ids: _Optional[_Iterable[str]] = ..., instruction_kwargs_json: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("candidate_id", "index", "text", "num_tokens", "finish_reason")
+    __slots__ = ("candidate_id", "index", "text", "num_tokens", "finish_reason", "token_ids", "token_logprobs")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     index: int
     text: str
     num_tokens: int
     finish_reason: str
-    def __init__(self, candidate_id: _Optional[str] = ..., index: _Optional[int] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    token_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, candidate_id: _Optional[str] = ..., index: _Optional[int] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CandidateSet(_message.Message):
-    __slots__ = ("meta", "prompt_id", "prompt", "params", "candidates", "judging")
+    __slots__ = ("meta", "prompt_id", "prompt", "params", "candidates", "judging", "verification")
     META_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     JUDGING_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     meta: RecordMeta
     prompt_id: str
     prompt: str
     params: SamplingParams
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     judging: SamplingParams
-    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., prompt_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    verification: Verification
+    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., prompt_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., judging: _Optional[_Union[SamplingParams, _Mapping]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
 
 class JudgeSample(_message.Message):
     __slots__ = ("output", "parsed", "score", "forced")
@@ -205,20 +229,32 @@ class JudgeSample(_message.Message):
     def __init__(self, output: _Optional[str] = ..., parsed: _Optional[bool] = ..., score: _Optional[float] = ..., forced: _Optional[bool] = ...) -> None: ...
 
 class JudgedCandidate(_message.Message):
-    __slots__ = ("candidate_id", "samples", "mean_score", "num_parsed", "num_tokens", "score_statement")
+    __slots__ = ("candidate_id", "samples", "mean_score", "num_parsed", "num_tokens", "score_statement", "rewards", "reward")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MEAN_SCORE_FIELD_NUMBER: _ClassVar[int]
     NUM_PARSED_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SCORE_STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     samples: _containers.RepeatedCompositeFieldContainer[JudgeSample]
     mean_score: float
     num_parsed: int
     num_tokens: int
     score_statement: bool
-    def __init__(self, candidate_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[JudgeSample, _Mapping]]] = ..., mean_score: _Optional[float] = ..., num_parsed: _Optional[int] = ..., num_tokens: _Optional[int] = ..., score_statement: _Optional[bool] = ...) -> None: ...
+    rewards: _containers.RepeatedCompositeFieldContainer[RewardScore]
+    reward: float
+    def __init__(self, candidate_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[JudgeSample, _Mapping]]] = ..., mean_score: _Optional[float] = ..., num_parsed: _Optional[int] = ..., num_tokens: _Optional[int] = ..., score_statement: _Optional[bool] = ..., rewards: _Optional[_Iterable[_Union[RewardScore, _Mapping]]] = ..., reward: _Optional[float] = ...) -> None: ...
+
+class RewardScore(_message.Message):
+    __slots__ = ("source", "value")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    value: float
+    def __init__(self, source: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class JudgmentSet(_message.Message):
     __slots__ = ("meta", "prompt_id", "prompt", "candidates", "decision", "reason", "pair_id")
@@ -363,7 +399,7 @@ class RunState(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., config_yaml: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., iteration: _Optional[int] = ..., serving_version: _Optional[str] = ..., iterations: _Optional[_Iterable[_Union[IterationState, _Mapping]]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stage_starts: _Optional[_Iterable[_Union[StageStart, _Mapping]]] = ...) -> None: ...
 
 class IterationCommand(_message.Message):
-    __slots__ = ("meta", "kind", "num_prompts", "pair_ids", "base_version", "output_version", "config_yaml")
+    __slots__ = ("meta", "kind", "num_prompts", "pair_ids", "base_version", "output_version", "config_yaml", "group_ids")
     META_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +407,7 @@ class IterationCommand(_message.Message):
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    GROUP_IDS_FIELD_NUMBER: _ClassVar[int]
     meta: RecordMeta
     kind: CommandKind
     num_prompts: int
@@ -378,7 +415,8 @@ class IterationCommand(_message.Message):
     base_version: str
     output_version: str
     config_yaml: str
-    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., num_prompts: _Optional[int] = ..., pair_ids: _Optional[_Iterable[str]] = ..., base_version: _Optional[str] = ..., output_version: _Optional[str] = ..., config_yaml: _Optional[str] = ...) -> None: ...
+    group_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, meta: _Optional[_Union[RecordMeta, _Mapping]] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., num_prompts: _Optional[int] = ..., pair_ids: _Optional[_Iterable[str]] = ..., base_version: _Optional[str] = ..., output_version: _Optional[str] = ..., config_yaml: _Optional[str] = ..., group_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("source_topic", "partition", "offset", "key", "value", "headers", "error_type", "error", "attempts", "service", "failed_at")

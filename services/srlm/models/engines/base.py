@@ -7,7 +7,7 @@ Prompt generation, candidate sampling and judging all go through ``GenerationEng
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,9 @@ class Completion:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (end of sequence or a stop string) | "length"
+    token_ids: list[int] = field(default_factory=list)  # the sampled tokens (EOS included)
+    # Their log-probabilities at the sampling temperature; empty when the engine has none.
+    logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +128,13 @@ class GenerationEngine(ABC):
     def _require_loaded(self) -> None:
         if self.version_id is None:
             raise RuntimeError(f"{type(self).__name__}: no model loaded; call load() first")
+
+
+def chat_prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
+    """The tokens a model is prompted with: the chat template up to the assistant's turn. The
+    engines sample after exactly these, and the GRPO trainer scores the samples after them."""
+    return tokenizer(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False)["input_ids"]
 
 
 def assistant_prefix_text(tokenizer, conversation: Conversation, prefix: str) -> str:

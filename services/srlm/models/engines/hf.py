@@ -19,6 +19,7 @@ from srlm.models.engines.base import (
     Completion,
     Conversation,
     assistant_prefix_text,
+    chat_prompt_ids,
     GenerationEngine,
     GenerationResult,
     SamplingParams,
@@ -106,6 +107,37 @@ def _register_decode_attention() -> None:
 
     AttentionInterface.register(DECODE_ATTENTION, decode_attention)
     AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+class SampledLogprobs:
+    """Records, as a logits processor placed first, the log-probability of each sampled token
+    under the model at the sampling temperature (top-p aside): what the GRPO trainer computes
+    for the same tokens, so their ratio measures how far the trained weights have moved.
+
+    A step's processor call sees the token chosen at the previous step as the last input id;
+    the last token's is taken by ``finish``. One step's log-softmax is kept, not the whole
+    generation's logits."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature or 1.0  # greedy: the model's own distribution
+        self._previous = None
+        self._steps: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self._previous is not None:
+            self._steps.append(self._previous.gather(1, input_ids[:, -1:]))
+        self._previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens) -> list[list[float]]:
+        import torch
+
+        if self._previous is None or not new_tokens.shape[1]:
+            return [[] for _ in range(new_tokens.shape[0])]
+        steps = self._steps + [self._previous.gather(1, new_tokens[:, -1:])]
+        return torch.cat(steps, dim=1).tolist()
 
 
 class NucleusSampler:
@@ -234,11 +266,7 @@ class TransformersEngine(GenerationEngine):
         with self._lock, torch.inference_mode():
             self._require_loaded()
             tok = self.tokenizer
-            prompt_ids = [
-                tok(tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False),
-                    add_special_tokens=False)["input_ids"]
-                for conv in conversations
-            ]
+            prompt_ids = [chat_prompt_ids(tok, conv) for conv in conversations]
             budgets = [token_budget(len(ids), params.max_tokens, self.cfg.max_model_len) for ids in prompt_ids]
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -353,15 +381,18 @@ class TransformersEngine(GenerationEngine):
             pad_token_id=tok.pad_token_id,
             stop_strings=list(params.stop) or None,
         )
+        logprobs = SampledLogprobs(params.temperature)
         processors = LogitsProcessorList(
-            [NucleusSampler(params.temperature, params.top_p)] if params.temperature > 0 else [])
+            [logprobs] + ([NucleusSampler(params.temperature, params.top_p)] if params.temperature > 0 else []))
         generated = self.model.generate(input_ids=batch["input_ids"][row_of],
                                         attention_mask=batch["attention_mask"][row_of], past_key_values=cache,
                                         generation_config=gen_cfg, logits_processor=processors, tokenizer=tok)
-        new_tokens = generated[:, batch["input_ids"].shape[1]:].tolist()
-        return [self._completion(tokens, budget, params.stop) for tokens, budget in zip(new_tokens, budgets)]
+        new_tokens = generated[:, batch["input_ids"].shape[1]:]
+        return [self._completion(tokens, token_logprobs, budget, params.stop)
+                for tokens, token_logprobs, budget in zip(new_tokens.tolist(), logprobs.finish(new_tokens), budgets)]
 
-    def _completion(self, tokens: list[int], budget: int, stop: tuple[str, ...]) -> Completion:
+    def _completion(self, tokens: list[int], logprobs: list[float], budget: int,
+                    stop: tuple[str, ...]) -> Completion:
         eos = self.tokenizer.eos_token_id
         if eos in tokens[:budget]:
             tokens, finish = tokens[:tokens.index(eos) + 1], "stop"  # the EOS token counts, as in vLLM
@@ -372,7 +403,8 @@ class TransformersEngine(GenerationEngine):
             text, hit = truncate_at_stop(text, stop)
             if hit:
                 tokens, finish = tokens[:self._tokens_until_stop(tokens, stop)], "stop"
-        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish)
+        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish, token_ids=tokens,
+                          logprobs=logprobs[:len(tokens)])
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

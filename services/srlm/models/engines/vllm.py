@@ -25,6 +25,7 @@ from srlm.models.engines.base import (
     Completion,
     Conversation,
     assistant_prefix_text,
+    chat_prompt_ids,
     GenerationEngine,
     GenerationResult,
     SamplingParams,
@@ -137,7 +138,8 @@ class VLLMEngine(GenerationEngine):
                 import ray  # noqa: F401
             except ImportError as err:
                 raise RuntimeError("engine.distributed_executor_backend: 'ray' needs Ray (`pip install ray`) and a "
-                                   "running Ray cluster; srlm's images have neither (use 'mp')") from err
+                                   "running Ray cluster (srlm's GPU image has Ray; the chart's inference.multiNode "
+                                   "starts the cluster); on one node use 'mp'") from err
         if self.on_cpu:
             from vllm.utils.cpu_resource_utils import get_visible_memory_node
 
@@ -168,11 +170,7 @@ class VLLMEngine(GenerationEngine):
             self._require_loaded()
             tok = self.llm.get_tokenizer()
             # Template and tokenize as the transformers engine does, so token counts agree.
-            prompt_ids = [
-                tok(tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False),
-                    add_special_tokens=False)["input_ids"]
-                for conv in conversations
-            ]
+            prompt_ids = [chat_prompt_ids(tok, conv) for conv in conversations]
             sampling = [
                 VLLMSamplingParams(
                     n=distinct_samples(params), temperature=params.temperature, top_p=params.top_p,
@@ -190,7 +188,10 @@ class VLLMEngine(GenerationEngine):
             for c in sorted(out.outputs, key=lambda c: c.index):
                 if c.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
-                completions.append(Completion(text=c.text, num_tokens=len(c.token_ids), finish_reason=c.finish_reason))
+                # vLLM's log-probs are of the raw distribution (logprobs_mode), not at the sampling
+                # temperature that the GRPO trainer scores with: the tokens only.
+                completions.append(Completion(text=c.text, num_tokens=len(c.token_ids), finish_reason=c.finish_reason,
+                                              token_ids=list(c.token_ids)))
             results.append(GenerationResult(prompt_tokens=len(out.prompt_token_ids),
                                             completions=fill_samples(completions, params.n)))
         return results

@@ -142,7 +142,7 @@ class EngineConfig(Section):
                              "is bound to a NUMA node (or to a list of VLLM_CPU_OMP_THREADS_BIND)")
     pipeline_parallel_size: int = Field(
         1, ge=1, description="vLLM pipeline parallelism: stages of consecutive layers, each a tensor-parallel "
-                             "group (on one node here: srlm serves an engine from one pod)")
+                             "group (on one node; across nodes with Ray, the chart's inference.multiNode)")
     data_parallel_size: int = Field(
         1, ge=1, description="engine copies inside one process: vLLM's offline LLM (what srlm runs) refuses "
                              "more than 1 ('not supported for single-process usage and may hang'). srlm's data "
@@ -150,8 +150,8 @@ class EngineConfig(Section):
                              "<component>.replicas or autoscaling)")
     distributed_executor_backend: Literal["mp", "ray"] | None = Field(
         None, description="how vLLM starts its workers when TP x PP > 1: None lets vLLM choose (mp, processes on "
-                          "this node); mp (the only one vLLM's CPU build runs); ray: an existing Ray cluster "
-                          "(Ray is not in srlm's images)")
+                          "this node); mp (the only one vLLM's CPU build runs); ray: a running Ray cluster, which "
+                          "may span nodes (the chart's inference.multiNode starts one per LeaderWorkerSet group)")
 
     @property
     def world_size(self) -> int:
@@ -305,6 +305,46 @@ class DPOConfig(TrainingSection):
         True, description="score the pairs with M_t once before training instead of keeping a reference copy in memory")
 
 
+class GRPOConfig(TrainingSection):
+    """M_t -> M_{t+1} by GRPO on the iteration's scored candidate groups (``run.objective: grpo``),
+    with TRL's GRPOTrainer; defaults are TRL's. The candidates were sampled by the serving version:
+    with ``importance_correction`` the clipped ratio is taken against the log-probabilities the
+    sampler recorded (the behaviour policy), as asynchronous RL systems do, instead of against
+    the trainer's own copy of M_t."""
+
+    learning_rate: float = Field(1e-6, gt=0, description="TRL's default")
+    final_learning_rate: float = Field(1e-7, ge=0)
+    lr_schedule: Literal["cosine", "linear"] = "linear"
+    batch_size: int = Field(16, ge=1, description="candidates per optimizer step (a multiple of sampling.n)")
+    per_device_batch_size: int = Field(4, ge=1, description="candidates per forward pass")
+    dropout: float = Field(0.0, ge=0, lt=1, description="0: with dropout the trainer's log-probs would not be "
+                                                        "the sampler's, and the ratio would be noise")
+    beta: float = Field(0.0, ge=0, description="KL to M_t (TRL's default 0: no reference model)")
+    epsilon: float = Field(0.2, gt=0, description="ratio clipping, lower bound 1 - epsilon")
+    epsilon_high: float | None = Field(None, gt=0, description="upper bound 1 + epsilon_high (DAPO: 0.28); None: epsilon")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="token aggregation (TRL)")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage = (r - group mean) / "
+                                                             "std of the group, of the batch, or not scaled")
+    num_iterations: int = Field(1, ge=1, description="optimisation passes over each generation batch (mu)")
+    importance_correction: bool = Field(True, description="ratio against the sampler's recorded log-probs")
+    drop_uniform_groups: bool = Field(True, description="leave out groups whose rewards are all equal: their "
+                                                        "advantages are zero, they only cost compute (DAPO)")
+
+
+class RewardsConfig(Section):
+    """Reward sources of the online objectives and their weights (reward = weighted sum of the
+    sources that scored a candidate). ``self_judge`` is the paper's LLM-as-a-Judge mean score
+    (0-5); ``verifier`` checks prompts that carry a verification (IFEval instructions, a label)."""
+
+    weights: dict[Literal["self_judge", "verifier"], float] = Field(
+        default_factory=lambda: {"self_judge": 1.0, "verifier": 1.0})
+    ifeval_level: Literal["instruction", "prompt"] = Field(
+        "instruction", description="IFEval reward: fraction of instructions followed, or 1 only if all are")
+    label_correct: float = Field(1.0, description="classification: the right label")
+    label_wrong: float = Field(-1.0, description="classification: a wrong label")
+    label_unreadable: float = Field(-3.0, description="classification: no single label can be read")
+
+
 # AlpacaEval subsets kept for evaluation (eval gate); never seed/training data.
 HELDOUT_ALPACAEVAL_SUBSETS = ("vicuna", "selfinstruct")
 
@@ -429,19 +469,55 @@ class RunConfig(Section):
     iterations: int = Field(2, ge=0, description="DPO iterations after SFT (paper: M2, M3)")
     seed: int = 1234
     skip_sft: bool = False
+    objective: Literal["dpo", "grpo"] = Field(
+        "dpo", description="how an iteration trains M_t: DPO on best-vs-worst pairs (the paper), or GRPO on every "
+                           "scored candidate group with rewards from the `rewards` sources")
+
+
+class MlflowTrackingConfig(Section):
+    """Where ``report_to: [mlflow]`` sends a run: one MLflow run per srlm run, tagged ``srlm.run_id``,
+    which the controller and every trainer process (local or a Kubernetes Job pod) find and share."""
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking server or store (http://mlflow:5000, "
+                                                       "sqlite:///<path>); None: MLflow's own MLFLOW_TRACKING_URI "
+                                                       "(unset: ./mlflow.db of the process)")
+    experiment: str = Field("srlm", min_length=1, description="experiment the runs live in (created when absent)")
+
+
+class WandbTrackingConfig(Section):
+    """Where ``report_to: [wandb]`` sends a run: one W&B run per srlm run, its id derived from the srlm
+    run id so every process resumes the same run. Credentials and mode (``WANDB_API_KEY``,
+    ``WANDB_MODE=offline``, ``WANDB_DIR``) come from W&B's own environment variables."""
+
+    project: str = Field("srlm", min_length=1)
+    entity: str | None = Field(None, description="team or user; None: the API key's default entity")
 
 
 class TrackingConfig(Section):
     """Experiment tracking: every training round's per-step losses and DPO rewards, and the run's
     stage counts, judge statistics, gate results and stage times, written live as TensorBoard
     event files (a local folder, no server): ``<dir>/<run_id>/controller`` and
-    ``<dir>/<run_id>/<version>`` for each trained version."""
+    ``<dir>/<run_id>/<version>`` for each trained version; the same, with the run's config and
+    model lineage, to MLflow and/or Weights & Biases when ``report_to`` names them."""
 
     tensorboard: bool = True
     dir: Path | None = Field(None, description="None: <model_store.root>/tensorboard (on the store's volume)")
     report_to: list[Literal["mlflow", "wandb"]] = Field(
-        default_factory=list, description="also hand training rounds to transformers' MLflow / W&B integration "
-                                          "(configured by their own environment variables)")
+        default_factory=list, description="also log each srlm run to these trackers (tracking.mlflow, tracking.wandb); "
+                                          "pip install 'srlm[tracking]'")
+    mlflow: MlflowTrackingConfig = MlflowTrackingConfig()
+    wandb: WandbTrackingConfig = WandbTrackingConfig()
+
+    @field_validator("report_to")
+    @classmethod
+    def _installed(cls, names: list[str]) -> list[str]:
+        # Refused at start-up, not halfway through a run when the first round would log.
+        import importlib.util
+
+        missing = [name for name in names if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} not installed: pip install 'srlm[tracking]'")
+        return names
 
     def run_dir(self, model_store_root: Path, run_id: str | None) -> Path:
         return (self.dir or Path(model_store_root) / "tensorboard") / (run_id or "no-run")
@@ -534,6 +610,9 @@ class KubernetesConfig(Section):
     ca_file: Path | None = Field(None, description="CA bundle for api_server; None: no TLS verification")
     inference_deployments: list[str] = Field(default_factory=list,
                                              description="Deployments whose SRLM_MODEL_VERSION a promotion advances")
+    inference_leaderworkersets: list[str] = Field(
+        default_factory=list, description="LeaderWorkerSets (leaderworkerset.x-k8s.io/v1; the chart's inference.multiNode) "
+                                          "whose leader pods' SRLM_MODEL_VERSION a promotion advances")
     controller_deployment: str | None = Field(None, description="owner of the training Jobs (garbage-collected with it)")
     job_template_configmap: str = Field("srlm-dpo-job", description="ConfigMap holding the DPO Job template")
     job_template_key: str = Field("job.yaml", description="key of the template in that ConfigMap")
@@ -543,6 +622,14 @@ class KubernetesConfig(Section):
     job_timeout_s: float = Field(24 * 3600, gt=0, description="a DPO round that runs longer is failed")
     rollout_timeout_s: float = Field(1800, gt=0, description="a rollout not complete by then is rolled back")
     poll_interval_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_per_workload(self) -> "KubernetesConfig":
+        both = sorted(set(self.inference_deployments) & set(self.inference_leaderworkersets))
+        if both:
+            raise ValueError(f"kubernetes.inference_leaderworkersets: {both} also listed in inference_deployments; "
+                             f"an inference service is one or the other")
+        return self
 
 
 class SRLMConfig(Section):
@@ -557,6 +644,8 @@ class SRLMConfig(Section):
     pairs: PairsConfig = PairsConfig()
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    rewards: RewardsConfig = RewardsConfig()
     distributed: DistributedConfig = DistributedConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     eval_gate: EvalGateConfig = EvalGateConfig()
@@ -571,7 +660,10 @@ class SRLMConfig(Section):
         if self.eval_gate.enabled and held_out < self.eval_gate.min_prompts:
             raise ValueError(f"eval_gate.min_prompts: the gate needs {self.eval_gate.min_prompts} held-out prompts "
                              f"but evaluation.ifeval_prompts + alpacaeval_prompts is {held_out}")
-        for name in ("sft", "dpo"):
+        if self.run.objective == "grpo" and self.grpo.batch_size % self.sampling.n:
+            raise ValueError(f"grpo.batch_size: {self.grpo.batch_size} candidates per step must be whole groups of "
+                             f"sampling.n = {self.sampling.n}")
+        for name in ("sft", "dpo", "grpo"):
             if getattr(self, name).use_lora and self.distributed.strategy in ("fsdp", "deepspeed"):
                 raise ValueError(f"{name}.use_lora: LoRA rounds are merged on one process before publishing; run "
                                  f"them with distributed.strategy none or ddp, not {self.distributed.strategy}")

@@ -32,7 +32,7 @@ def groups(m0_dir) -> list[dict]:
         engine.close()
     rows = []
     for i, (prompt, result) in enumerate(zip(PROMPTS, results)):
-        rows.append({"group_id": f"g{i}", "prompt": prompt, "candidates": [
+        rows.append({"group_id": f"g{i}", "prompt": prompt, "temperature": TEMPERATURE, "candidates": [
             {"text": c.text, "token_ids": c.token_ids, "logprobs": c.logprobs, "reward": float(-c.num_tokens) + j / 10}
             for j, c in enumerate(result.completions)]})
     return rows
@@ -64,7 +64,8 @@ def expected_advantages(rewards: list[float]) -> torch.Tensor:
 
 @pytest.mark.parametrize("correction", [True, False])
 def test_grpo_uses_the_groups_rewards_and_the_sampler_logprobs(m0_dir, groups, tmp_path, correction):
-    examples, by_prompt = grpo_examples(groups, tiny())
+    examples, by_prompt, temperature = grpo_examples(groups, tiny())
+    assert temperature == TEMPERATURE
     trainer = build_grpo_trainer(m0_dir, examples, by_prompt, tiny(importance_correction=correction),
                                  temperature=TEMPERATURE, output_dir=tmp_path / "w", seed=5)
     batches = captured_batches(trainer)
@@ -103,8 +104,7 @@ def test_grpo_uses_the_groups_rewards_and_the_sampler_logprobs(m0_dir, groups, t
 
 def test_grpo_round_publishes_a_version_with_its_reward_metrics(m0, groups, tmp_path):
     store, base = m0
-    manifest = train_grpo(store, base.version_id, "trainer-grpo-m2", groups, tiny(), temperature=TEMPERATURE,
-                          run_id="t-grpo", iteration=2, work_dir=tmp_path / "w", seed=11)
+    manifest = train_grpo(store, base.version_id, "trainer-grpo-m2", groups, tiny(), run_id="t-grpo", iteration=2, work_dir=tmp_path / "w", seed=11)
     assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "grpo", 2)
     assert store.get_dataset(manifest.training_data) == groups
     assert [h["step"] for h in manifest.extra["log_history"]] == [1, 2]

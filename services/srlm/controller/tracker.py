@@ -26,6 +26,12 @@ class IterationView:
     def kept_pair_ids(self) -> list[str]:
         return sorted(j.pair_id for j in self.judgment_sets.values() if j.decision == records_pb2.PAIR_DECISION_KEPT)
 
+    def rewarded_group_ids(self) -> list[str]:
+        """Judgment sets (GRPO groups) with at least two different rewards: the others have zero
+        advantages throughout and teach nothing."""
+        return sorted(key for key, j in self.judgment_sets.items()
+                      if len({c.reward for c in j.candidates if c.HasField("reward")}) >= 2)
+
 
 class Tracker:
     """Thread-safe view; ``apply`` is fed by a consumer of the stage topics."""

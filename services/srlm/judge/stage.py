@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from srlm.config import SRLMConfig
+from srlm.config import RewardsConfig, SRLMConfig
 from srlm.models.engines import SamplingParams
 from srlm.recipe import ids
 from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, complete_sentences, has_score_statement,
                                parse_judgment, read_judge_template)
 from srlm.recipe.pairs import ScoredCandidate, build_pair
+from srlm.recipe.rewards import LabelRewards, RewardMix, Verification, verifier_reward
 from srlm.runtime import metrics
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.records import child_meta, seed_for
@@ -32,6 +33,7 @@ class Judge:
         self.config = config
         self.template = read_judge_template(config.judge.template_file)
         self.stats = JudgeStats()
+        self.mix = RewardMix(config.rewards.weights)
 
     def _force_verdicts(self, conversations, outputs: list[list[str]], params: SamplingParams
                         ) -> tuple[list[list[str]], set[tuple[int, int]]]:
@@ -109,12 +111,37 @@ class JudgeOutcome:
     pair: records_pb2.PreferencePair | None
 
 
+def add_rewards(cs: records_pb2.CandidateSet, judged: list[records_pb2.JudgedCandidate], mix: RewardMix,
+                cfg: RewardsConfig) -> None:
+    """Each reward source's value for each candidate, and their weighted sum (``rewards``).
+
+    A response that carries a score statement or a plea to the judge gets the judge's lowest
+    score: it must never gain from the attempt (for DPO it is never chosen)."""
+    verification = Verification.from_record(cs.verification) if cs.HasField("verification") else Verification()
+    labels = LabelRewards(cfg.label_correct, cfg.label_wrong, cfg.label_unreadable)
+    for cand, jc in zip(cs.candidates, judged):
+        values = {"self_judge": (0.0 if jc.score_statement else jc.mean_score) if jc.num_parsed else None}
+        if mix.uses("verifier") and not verification.empty:
+            values["verifier"] = verifier_reward(verification, cs.prompt, cand.text, ifeval_level=cfg.ifeval_level,
+                                                 label_values=labels)
+        for source, value in values.items():
+            if value is not None and mix.uses(source):
+                jc.rewards.add(source=source, value=value)
+        reward = mix.combine(values)
+        if reward is not None:
+            jc.reward = reward
+
+
 def judge_candidate_set(cs: records_pb2.CandidateSet, judge: Judge) -> JudgeOutcome:
     """Judge every candidate of one prompt and build its pair (or say why there is none)."""
-    # The candidates' model version judges them: M_t is both actor and judge.
     params = judge.params(cs.judging, seed_for("judge", cs.meta.id))
-    version, judged = judge.score(cs.prompt, [c.text for c in cs.candidates], params,
-                                  version_id=cs.meta.model_version or None)
+    if judge.mix.uses("self_judge"):
+        # The candidates' model version judges them: M_t is both actor and judge.
+        version, judged = judge.score(cs.prompt, [c.text for c in cs.candidates], params,
+                                      version_id=cs.meta.model_version or None)
+    else:  # a program alone rewards them (RLVR): no judge generation at all
+        version, judged = cs.meta.model_version, [records_pb2.JudgedCandidate() for _ in cs.candidates]
+    add_rewards(cs, judged, judge.mix, judge.config.rewards)
     out = records_pb2.JudgmentSet(meta=child_meta(cs.meta, cs.meta.id, version), prompt_id=cs.prompt_id,
                                   prompt=cs.prompt)
     scored = []

@@ -25,7 +25,8 @@ def seed_for(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-MODEL_KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT, "dpo": records_pb2.MODEL_KIND_DPO}
+MODEL_KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT, "dpo": records_pb2.MODEL_KIND_DPO,
+               "grpo": records_pb2.MODEL_KIND_GRPO}
 MODEL_STATUSES = {"published": records_pb2.MODEL_STATUS_PUBLISHED, "promoted": records_pb2.MODEL_STATUS_PROMOTED,
                   "rejected": records_pb2.MODEL_STATUS_REJECTED, "rolled_back": records_pb2.MODEL_STATUS_ROLLED_BACK}
 

@@ -113,8 +113,8 @@ def dpo_examples(rows: list[dict[str, Any]]) -> list[dict[str, list[dict[str, st
 def grpo_groups(rows: list[dict[str, Any]], drop_uniform: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Scored candidate groups -> ``{prompt text: [candidate, ...]}`` for GRPO.
 
-    A row is ``{"group_id", "prompt": str, "candidates": [{"text", "reward", "token_ids"?,
-    "logprobs"?}]}``; every group has the same number of candidates (TRL's ``num_generations``).
+    A row is ``{"group_id", "prompt": str, "temperature": float, "candidates": [{"text", "reward",
+    "token_ids"?, "logprobs"?}]}``; every group has the same number of candidates (TRL's ``num_generations``).
     A reward may be None (no source could score the candidate): it is left out of its group's
     baseline. With ``drop_uniform`` a group whose rewards are all equal (zero advantages) is left
     out; a second group with the same prompt text too (it would be the same GRPO example).

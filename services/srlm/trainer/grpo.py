@@ -71,12 +71,16 @@ class GroupGRPOTrainer(GRPOTrainer):
         return out
 
 
-def grpo_examples(rows: list[dict], cfg: GRPOConfig) -> tuple[list[dict], dict[str, list[dict]]]:
-    """The trainer's examples (one conversational prompt per group) and the groups by prompt."""
+def grpo_examples(rows: list[dict], cfg: GRPOConfig) -> tuple[list[dict], dict[str, list[dict]], float]:
+    """The trainer's examples (one conversational prompt per group), the groups by prompt, and
+    the temperature they were sampled at (the trainer scores the tokens at the same one)."""
     groups = grpo_groups(rows, drop_uniform=cfg.drop_uniform_groups)
     if not groups:
         raise TrainingDataError(f"none of the {len(rows)} groups has rewards that differ: nothing to learn from")
-    return [{"prompt": [{"role": "user", "content": prompt}]} for prompt in groups], groups
+    temperatures = {row.get("temperature") for row in rows}
+    if len(temperatures) != 1 or not isinstance(t := temperatures.pop(), (int, float)) or t < 0:
+        raise TrainingDataError(f"rows[*].temperature: one sampling temperature >= 0 expected, got {sorted(map(str, temperatures))}")
+    return [{"prompt": [{"role": "user", "content": prompt}]} for prompt in groups], groups, float(t)
 
 
 def build_grpo_trainer(model_dir: Path, examples: list[dict], groups: dict[str, list[dict]], cfg: GRPOConfig, *,
@@ -100,9 +104,9 @@ def build_grpo_trainer(model_dir: Path, examples: list[dict], groups: dict[str, 
                             groups=groups, importance_correction=cfg.importance_correction)
 
 
-def grpo_round(rows: list[dict], cfg: GRPOConfig, temperature: float):
+def grpo_round(rows: list[dict], cfg: GRPOConfig):
     """What a GRPO round trains on and with: the examples, the trainer builder, the summary metrics."""
-    examples, groups = grpo_examples(rows, cfg)
+    examples, groups, temperature = grpo_examples(rows, cfg)
 
     def build(model_dir, examples, *, output_dir, seed, callbacks):
         return build_grpo_trainer(model_dir, examples, groups, cfg, temperature=temperature, output_dir=output_dir,
@@ -112,11 +116,11 @@ def grpo_round(rows: list[dict], cfg: GRPOConfig, temperature: float):
 
 
 def train_grpo(store: ModelStore, base_version: str, out_version: str, rows: list[dict], cfg: GRPOConfig, *,
-               temperature: float, run_id: str | None, iteration: int, work_dir: Path, seed: int,
+               run_id: str | None, iteration: int, work_dir: Path, seed: int,
                progress_cb: ProgressFn | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Manifest:
-    """Train ``base_version`` on scored groups ``rows`` (sampled at ``temperature``) in this process
-    and publish ``out_version`` (idempotent, resumable)."""
-    examples, build, summary_keys = grpo_round(rows, cfg, temperature)
+    """Train ``base_version`` on scored groups ``rows`` in this process and publish ``out_version``
+    (idempotent, resumable)."""
+    examples, build, summary_keys = grpo_round(rows, cfg)
     return run_round(store, kind="grpo", base_version=base_version, out_version=out_version, rows=rows,
                      examples=examples, cfg=cfg, build_trainer=build, summary_keys=summary_keys,
                      run_id=run_id, iteration=iteration, work_dir=work_dir, seed=seed, progress_cb=progress_cb,

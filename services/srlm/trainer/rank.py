@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from srlm.config import DPOConfig, SFTConfig, parse_config
+from srlm.config import DPOConfig, GRPOConfig, SFTConfig, parse_config
 from srlm.models.store import ModelStore
 from srlm.trainer.distributed import progress_writer
 from srlm.trainer.job import PROGRESS_FILE, complete_checkpoint, train_and_publish
@@ -38,6 +38,11 @@ def main(spec_path: str) -> int:
 
         cfg = DPOConfig.model_validate(spec["section"])
         examples, build, summary_keys = dpo_round(rows, cfg)
+    elif kind == "grpo":
+        from srlm.trainer.grpo import grpo_round
+
+        cfg = GRPOConfig.model_validate(spec["section"])
+        examples, build, summary_keys = grpo_round(rows, cfg)
     elif kind == "sft":
         from srlm.trainer.sft import sft_round
 

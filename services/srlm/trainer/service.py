@@ -25,6 +25,8 @@ from srlm.trainer.sft_data import build_sft_rows
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 log = logging.getLogger(__name__)
+TRAIN_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo",
+               records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo"}
 
 
 class MissingPairs(RuntimeError):
@@ -50,6 +52,37 @@ def dpo_rows(config: SRLMConfig, run_id: str, iteration: int, pair_ids: list[str
     return [{"pair_id": p.meta.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
              "chosen_score": p.chosen_score, "rejected_score": p.rejected_score}
             for p in (found[i] for i in sorted(found))]
+
+
+def grpo_rows(config: SRLMConfig, run_id: str, iteration: int, group_ids: list[str],
+              timeout_s: float = 120.0) -> list[dict]:
+    """The iteration's scored groups: each listed judgment set once, in id order, joined with its
+    candidate set (texts, tokens, the sampler's log-probs) on the candidate ids."""
+    wanted = set(group_ids)
+    judged: dict[str, records_pb2.JudgmentSet] = {}
+    sampled: dict[str, records_pb2.CandidateSet] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for topic, found in (("judgments", judged), ("candidates", sampled)):
+            for record in read_topic(config, topic):
+                if record.meta.run_id == run_id and record.meta.iteration == iteration and record.meta.id in wanted:
+                    found.setdefault(record.meta.id, record)  # a replayed duplicate is the same record
+        if (len(judged) == len(sampled) == len(wanted)) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    missing = wanted - (set(judged) & set(sampled))
+    if missing:
+        raise MissingPairs(f"{len(missing)} of {len(wanted)} scored groups not found on srlm.judgments and "
+                           f"srlm.candidates, e.g. {sorted(missing)[:3]}")
+    rows = []
+    for group_id in sorted(wanted):
+        cs, js = sampled[group_id], judged[group_id]
+        rewards = {jc.candidate_id: jc.reward if jc.HasField("reward") else None for jc in js.candidates}
+        rows.append({"group_id": group_id, "prompt": cs.prompt, "temperature": cs.params.temperature,
+                     "candidates": [{"candidate_id": c.candidate_id, "text": c.text, "reward": rewards[c.candidate_id],
+                                     "token_ids": list(c.token_ids), "logprobs": list(c.token_logprobs)}
+                                    for c in cs.candidates]})
+    return rows
 
 
 class TrainerState:
@@ -88,6 +121,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
     from srlm.runtime.tracking import training_callbacks
     from srlm.trainer.distributed import distributed_round, run_distributed_round, topology
     from srlm.trainer.dpo import train_dpo
+    from srlm.trainer.grpo import train_grpo
     from srlm.trainer.sft import train_sft
 
     run_cfg = from_yaml(cmd.config_yaml, config)
@@ -95,7 +129,8 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
     work_dir = store.checkpoints_dir / cmd.output_version
     state = state or TrainerState()
     sft = cmd.kind == records_pb2.COMMAND_KIND_TRAIN_SFT
-    kind, section, iteration = ("sft", run_cfg.sft, 1) if sft else ("dpo", run_cfg.dpo, m.iteration + 1)
+    kind = TRAIN_KINDS[cmd.kind]
+    section, iteration = getattr(run_cfg, kind), 1 if sft else m.iteration + 1
     distributed = distributed_round(config.distributed)
     lead = not distributed or topology(config.distributed).node_rank == 0  # the node that prepares the data
     if not store.exists(cmd.output_version):
@@ -105,6 +140,8 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             host.load(cmd.base_version)
             rows, stats = build_sft_rows(host, run_cfg, run_cfg.run.seed)
             host.close()
+        elif lead and kind == "grpo":
+            rows = grpo_rows(config, m.run_id, m.iteration, list(cmd.group_ids))
         elif lead:
             rows = dpo_rows(config, m.run_id, m.iteration, list(cmd.pair_ids))
         state.begin(m.run_id, m.iteration, len(rows or ()))
@@ -118,8 +155,9 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             train_sft(store, cmd.base_version, cmd.output_version, rows, section, data_metrics=stats,
                       callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
         else:
-            train_dpo(store, cmd.base_version, cmd.output_version, rows, section,
-                      callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
+            train_round = train_grpo if kind == "grpo" else train_dpo
+            train_round(store, cmd.base_version, cmd.output_version, rows, section,
+                        callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
     state.end("published", cmd.output_version)
     return model_version_record(store, cmd.output_version, "published", "") if lead else None
 
@@ -147,10 +185,10 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
         grpc_port, metrics_port)
 
     def handle_command(cmd: records_pb2.IterationCommand):
-        if cmd.kind not in (records_pb2.COMMAND_KIND_TRAIN_SFT, records_pb2.COMMAND_KIND_TRAIN_DPO):
+        if cmd.kind not in TRAIN_KINDS:
             return []
         if config.services.mode == "kubernetes":
-            return []  # on Kubernetes each round is a Job (``srlm train sft|dpo``) created by the controller
+            return []  # on Kubernetes each round is a Job (``srlm train sft|dpo|grpo``) created by the controller
         try:
             record = train(cmd, config, store, state)
         except Exception as err:
@@ -163,15 +201,15 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
 
 
 def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
-    """``srlm train dpo|sft ...``: one round as a Kubernetes Job runs it, then announce the version
+    """``srlm train sft|dpo|grpo ...``: one round as a Kubernetes Job runs it, then announce the version
     (on node 0 of a multi-node round)."""
     from srlm.runtime.pipeline import make_publisher
 
-    kind = records_pb2.COMMAND_KIND_TRAIN_SFT if args.kind == "sft" else records_pb2.COMMAND_KIND_TRAIN_DPO
+    kind = {name: k for k, name in TRAIN_KINDS.items()}[args.kind]
     cmd = records_pb2.IterationCommand(meta=meta(args.run_id, args.iteration, args.base_version,
                                                  f"{args.run_id}.i{args.iteration}.{args.kind}"),
                                        kind=kind, base_version=args.base_version, output_version=args.out_version)
-    # The run's config (and a DPO round's pair ids) come from the controller's command on srlm.commands.
+    # The run's config (and a round's pair or group ids) come from the controller's command on srlm.commands.
     for c in read_topic(config, "commands"):
         if c.meta.id == cmd.meta.id:
             cmd = c

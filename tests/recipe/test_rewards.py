@@ -113,3 +113,35 @@ def test_rewarded_groups_are_the_judgment_sets_whose_rewards_differ():
                 jc.reward = r
         view.judgment_sets[key] = js
     assert view.rewarded_group_ids() == ["a", "e"]
+
+
+def test_verifiable_instructions_are_ifevals_own_and_deterministic():
+    from srlm.recipe.verifiable import INSTRUCTION_IDS, with_instructions
+
+    text, verification = with_instructions("Describe a cat.", 2, seed=42)
+    assert with_instructions("Describe a cat.", 2, seed=42) == (text, verification)
+    assert with_instructions("Describe a cat.", 2, seed=43) != (text, verification)
+    assert text.startswith("Describe a cat. ") and len(text) > len("Describe a cat. ") + 20
+    assert len(set(verification.instruction_ids)) == 2 and set(verification.instruction_ids) <= set(INSTRUCTION_IDS)
+    # the checker reads the arguments the description was written with
+    lower = with_instructions("Describe a dog.", 1, seed=0, instruction_ids=("change_case:english_lowercase",))[1]
+    answer = "the dog is a loyal animal that loves long walks in the park with its family."
+    assert ifeval_reward(lower, "p", answer) == 1.0 and ifeval_reward(lower, "p", answer.title()) == 0.0
+    text, words = with_instructions("Describe a dog.", 1, seed=0, instruction_ids=("length_constraints:number_words",))
+    [kwargs] = words.instruction_kwargs
+    assert str(kwargs["num_words"]) in text and kwargs["relation"] in text
+
+
+def test_promptgen_attaches_the_verification_to_the_prompt_record():
+    from srlm.promptgen.service import add_verification
+
+    prompt = records_pb2.Prompt(text="Name a river.")
+    prompt.meta.id = "p-1"
+    add_verification(prompt, 2)
+    again = records_pb2.Prompt(text="Name a river.")
+    again.meta.id = "p-1"
+    add_verification(again, 2)
+    assert prompt == again and prompt.text.startswith("Name a river. ")
+    verification = Verification.from_record(prompt.verification)
+    assert len(verification.instruction_ids) == 2
+    assert verifier_reward(verification, prompt.text, "") == 0.0  # an empty answer follows nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from srlm.config import SRLMConfig
@@ -9,11 +10,12 @@ from srlm.models.store import DatasetNotFound, ModelStore
 from srlm.promptgen.stage import NewPrompt, generate_prompts
 from srlm.recipe.seed import load_seed_data
 from srlm.recipe.selfinstruct import Demo
+from srlm.recipe.verifiable import with_instructions
 from srlm.runtime import validation
 from srlm.runtime.inference import load_model, require_model
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import StageWorker
-from srlm.runtime.records import meta
+from srlm.runtime.records import meta, seed_for
 from srlm.runtime.runconfig import from_yaml
 from srlm.runtime.server import ServiceHandle, start_grpc_server
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
@@ -35,6 +37,16 @@ def _dataset_or_none(store: ModelStore, name: str) -> list[dict] | None:
         return store.get_dataset(name)
     except DatasetNotFound:
         return None
+
+
+def add_verification(prompt: records_pb2.Prompt, count: int) -> None:
+    """Append ``count`` verifiable instructions to the prompt and attach their check (the same
+    ones for the same prompt id, so a replayed command sends the same prompts)."""
+    text, verification = with_instructions(prompt.text, count, seed=seed_for("verification", prompt.meta.id))
+    prompt.text = text
+    prompt.verification.CopyFrom(records_pb2.Verification(
+        instruction_ids=verification.instruction_ids,
+        instruction_kwargs_json=[json.dumps(k, sort_keys=True) for k in verification.instruction_kwargs]))
 
 
 class PromptGenerator:
@@ -74,10 +86,15 @@ class PromptGenerator:
         sampling = records_pb2.SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
         judging = records_pb2.SamplingParams(n=j.num_judgments, temperature=j.temperature, top_p=j.top_p,
                                              max_tokens=j.max_tokens)
-        return [records_pb2.Prompt(meta=meta(m.run_id, m.iteration, m.model_version, p.id, m.trace_id), text=p.text,
-                                   source=records_pb2.PROMPT_SOURCE_GENERATED, demonstration_ids=p.demonstration_ids,
-                                   sampling=sampling, judging=judging)
-                for p in prompts]
+        out = []
+        for p in prompts:
+            record = records_pb2.Prompt(meta=meta(m.run_id, m.iteration, m.model_version, p.id, m.trace_id),
+                                        text=p.text, source=records_pb2.PROMPT_SOURCE_GENERATED,
+                                        demonstration_ids=p.demonstration_ids, sampling=sampling, judging=judging)
+            if run_cfg.self_instruct.verifiable_instructions:
+                add_verification(record, run_cfg.self_instruct.verifiable_instructions)
+            out.append(record)
+        return out
 
 
 class PromptGenServicer(services_pb2_grpc.PromptGenServicer):

@@ -201,6 +201,9 @@ class SelfInstructConfig(Section):
         description="Self-Instruct's keyword filter: instructions a text model cannot answer",
     )
     prompt_model: str = Field("current", description="'current' (M_t) or a model version id / source")
+    verifiable_instructions: int = Field(
+        0, ge=0, le=10, description="IFEval-style instructions appended to each new prompt, checked by the verifier "
+                                    "reward source (RL with verifiable rewards); 0: the paper's plain prompts")
 
 
 class SamplingConfig(Section):
@@ -611,8 +614,9 @@ class KubernetesConfig(Section):
     inference_deployments: list[str] = Field(default_factory=list,
                                              description="Deployments whose SRLM_MODEL_VERSION a promotion advances")
     inference_leaderworkersets: list[str] = Field(
-        default_factory=list, description="LeaderWorkerSets (leaderworkerset.x-k8s.io/v1; the chart's inference.multiNode) "
-                                          "whose leader pods' SRLM_MODEL_VERSION a promotion advances")
+        default_factory=list, description="LeaderWorkerSets (leaderworkerset.x-k8s.io/v1; the chart's "
+                                          "inference.multiNode) whose leader pods' SRLM_MODEL_VERSION a promotion "
+                                          "advances")
     controller_deployment: str | None = Field(None, description="owner of the training Jobs (garbage-collected with it)")
     job_template_configmap: str = Field("srlm-dpo-job", description="ConfigMap holding the DPO Job template")
     job_template_key: str = Field("job.yaml", description="key of the template in that ConfigMap")

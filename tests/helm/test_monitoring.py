@@ -298,10 +298,15 @@ def test_the_crds_reject_a_wrong_service_monitor(api, monitored, path, value):
 
 
 def pod_specs(objs: list[dict]) -> dict[str, dict]:
-    """kind/name -> pod spec of everything that makes pods, and the DPO Job template."""
+    """kind/name -> pod spec of everything that makes pods (a LeaderWorkerSet: its leader's and
+    its workers'), and the DPO Job template."""
     specs = {}
     for o in objs:
-        if o["kind"] in POD_KINDS:
+        if o["kind"] == "LeaderWorkerSet":
+            lwt = o["spec"]["leaderWorkerTemplate"]
+            for role in ("leader", "worker"):
+                specs[f"LeaderWorkerSet/{o['metadata']['name']}/{role}"] = lwt[f"{role}Template"]["spec"]
+        elif o["kind"] in POD_KINDS:
             node = o["spec"]
             for key in POD_KINDS[o["kind"]]:
                 node = node[key]
@@ -324,7 +329,8 @@ def rendered_sets(helm_bin) -> dict[str, list[dict]]:
 def test_every_pod_meets_the_restricted_standard(rendered_sets):
     for value_set, objs in rendered_sets.items():
         specs = pod_specs(objs)
-        assert len(specs) == len(SERVICES) + 1, (value_set, list(specs))
+        groups = len(find(objs, "LeaderWorkerSet"))  # a service's two pod templates
+        assert len(specs) == len(SERVICES) + 1 + groups, (value_set, list(specs))
         for name, spec in specs.items():
             assert violations(spec) == [], (value_set, name)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from srlm.controller.kube import (MODEL_VERSION_ANNOTATION, MODEL_VERSION_ENV, OUT_VERSION_ANNOTATION, RUN_ID_LABEL,
-                                  KubeError, job_name, job_state, label_value, model_version, name_limit,
-                                  permissions, render_job, render_trainjob, rollout_state, template_launcher,
-                                  version_patch)
+from srlm.config import ConfigError, KubernetesConfig, parse_config
+from srlm.controller.kube import (LWS_GROUP, LWS_PLURAL, MODEL_VERSION_ANNOTATION, MODEL_VERSION_ENV,
+                                  OUT_VERSION_ANNOTATION, RUN_ID_LABEL, KubeError, check_inference, job_name,
+                                  job_state, label_value, lws_rollout_state, lws_version_patch, model_version,
+                                  name_limit, permissions, render_job, render_trainjob, rollout_state,
+                                  template_launcher, version_patch)
 
 
 def deployment(generation=2, observed=2, replicas=2, updated=2, total=2, available=2, conditions=()):
@@ -185,3 +187,106 @@ def test_permissions_follow_the_launcher():
     assert ("trainer.kubeflow.org", "trainjobs") not in job and ("batch", "jobs") not in tj
     assert {k: v for k, v in job.items() if k != ("batch", "jobs")} == \
         {k: v for k, v in tj.items() if k != ("trainer.kubeflow.org", "trainjobs")}
+
+
+# --------------------------------------------------------------------------- multi-node inference (LeaderWorkerSets)
+
+LEADER = "/spec/leaderWorkerTemplate/leaderTemplate"
+
+
+def lws(replicas=2, updated=2, ready=2, available=True, updating=False, leader_env=None, annotations=None):
+    """The shape of the chart's LeaderWorkerSet (inference.multiNode) with an LWS status."""
+    leader = {"metadata": {} if annotations is None else {"annotations": annotations},
+              "spec": {"containers": [{"name": "sampler", "command": ["/bin/sh", "-c"]}]}}
+    if leader_env is not None:
+        leader["spec"]["containers"][0]["env"] = leader_env
+    conditions = [{"type": "Available", "status": str(available)},
+                  {"type": "UpdateInProgress", "status": str(updating)}]
+    return {"kind": "LeaderWorkerSet", "metadata": {"name": "l", "generation": 3},
+            "spec": {"replicas": replicas, "leaderWorkerTemplate": {
+                "size": 2, "leaderTemplate": leader,
+                "workerTemplate": {"spec": {"containers": [{"name": "sampler", "args": ["ray start"]}]}}}},
+            "status": {"replicas": replicas, "updatedReplicas": updated, "readyReplicas": ready,
+                       "conditions": conditions}}
+
+
+@pytest.mark.parametrize("kwargs, started, done, message", [
+    ({}, True, True, "rolled out"),
+    ({}, False, False, "waiting for the LeaderWorkerSet controller"),  # the stale status of the last rollout
+    ({"updating": True}, False, False, "2 of 2 groups updated"),        # under way (whatever started says)
+    ({"updated": 1}, True, False, "1 of 2 groups updated"),
+    ({"ready": 1}, True, False, "1 of 2 groups ready"),
+    ({"available": False}, True, False, "2 of 2 groups ready"),
+    ({"replicas": 0, "updated": 0, "ready": 0}, False, True, "no groups"),
+])
+def test_lws_rollout_state(kwargs, started, done, message):
+    state = lws_rollout_state(lws(**kwargs), started)
+    assert state.done is done and message in state.message and state.failed is None
+
+
+def test_lws_version_patch_edits_the_leader_in_place():
+    obj = lws(leader_env=[{"name": "A", "value": "1"}, {"name": MODEL_VERSION_ENV, "value": "m1"}],
+              annotations={"checksum/config": "x", MODEL_VERSION_ANNOTATION: "m1"})
+    assert model_version(obj) == "m1"
+    container = f"{LEADER}/spec/containers/0"
+    assert lws_version_patch(obj, "m2") == [
+        {"op": "add", "path": f"{LEADER}/metadata/annotations/srlm.dev~1model-version", "value": "m2"},
+        {"op": "test", "path": f"{container}/name", "value": "sampler"},
+        {"op": "test", "path": f"{container}/env/1/name", "value": MODEL_VERSION_ENV},
+        {"op": "replace", "path": f"{container}/env/1", "value": {"name": MODEL_VERSION_ENV, "value": "m2"}},
+    ]
+    assert lws_version_patch(obj, None) == [
+        {"op": "remove", "path": f"{LEADER}/metadata/annotations/srlm.dev~1model-version"},
+        {"op": "test", "path": f"{container}/name", "value": "sampler"},
+        {"op": "test", "path": f"{container}/env/1/name", "value": MODEL_VERSION_ENV},
+        {"op": "remove", "path": f"{container}/env/1"},
+    ]
+
+
+def test_lws_version_patch_adds_what_is_missing():
+    entry = {"name": MODEL_VERSION_ENV, "value": "m2"}
+    container = f"{LEADER}/spec/containers/0"
+    bare = lws()  # no env, no annotations
+    assert model_version(bare) is None
+    assert lws_version_patch(bare, "m2") == [
+        {"op": "add", "path": f"{LEADER}/metadata", "value": {"annotations": {MODEL_VERSION_ANNOTATION: "m2"}}},
+        {"op": "test", "path": f"{container}/name", "value": "sampler"},
+        {"op": "add", "path": f"{container}/env", "value": [entry]},
+    ]
+    other_env = lws(leader_env=[{"name": "A", "value": "1"}], annotations={})
+    assert lws_version_patch(other_env, "m2")[-1] == {"op": "add", "path": f"{container}/env/-", "value": entry}
+    # nothing to remove: only the container is tested
+    assert lws_version_patch(other_env, None) == [{"op": "test", "path": f"{container}/name", "value": "sampler"}]
+
+
+def test_without_a_leader_template_every_pod_is_a_worker():
+    obj = lws(leader_env=[{"name": MODEL_VERSION_ENV, "value": "m1"}])
+    lwt = obj["spec"]["leaderWorkerTemplate"]
+    lwt["workerTemplate"] = lwt.pop("leaderTemplate")
+    assert model_version(obj) == "m1"
+    worker = "/spec/leaderWorkerTemplate/workerTemplate"
+    assert lws_version_patch(obj, "m2")[-1]["path"] == f"{worker}/spec/containers/0/env/0"
+
+
+def test_permissions_follow_the_inference_kinds():
+    lws_only = permissions("job", deployments=False, leaderworkersets=True)
+    assert lws_only[(LWS_GROUP, LWS_PLURAL)] == {"get", "patch"}
+    assert lws_only[("apps", "deployments")] == {"get"}  # the controller's own, the Jobs' owner
+    assert (LWS_GROUP, LWS_PLURAL) not in permissions("job")
+
+
+def test_multinode_inference_needs_vllm_on_ray():
+    lwss = {"kubernetes": {"inference_leaderworkersets": ["t-srlm-sampler"]}}
+    on_ray = {"kind": "vllm", "distributed_executor_backend": "ray"}
+    check_inference(parse_config({**lwss, "engine": on_ray}, environ={}))
+    check_inference(parse_config({}, environ={}))  # Deployments: any engine
+    with pytest.raises(KubeError, match="kubernetes.inference_leaderworkersets: .*engine.distributed_executor_backend "
+                                        "'ray', not 'vllm' with 'mp'"):
+        check_inference(parse_config({**lwss, "engine": {"kind": "vllm", "distributed_executor_backend": "mp"}},
+                                     environ={}))
+    with pytest.raises(KubeError, match="not 'transformers' with None"):
+        check_inference(parse_config(lwss, environ={}))
+    with pytest.raises(ConfigError, match=r"kubernetes.inference_leaderworkersets: \['a'\] also listed"):
+        parse_config({"kubernetes": {"inference_deployments": ["a", "b"], "inference_leaderworkersets": ["a"]}},
+                     environ={})
+    assert KubernetesConfig(inference_deployments=["a"], inference_leaderworkersets=["b"])

@@ -73,7 +73,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def finish_job(admin, name: str, succeeded: bool, nodes: int = 2) -> None:
+def finish_job(admin, name: str, succeeded: bool, nodes: int = 2, namespace: str = NAMESPACE) -> None:
     """Play the Job controller: mark the (Indexed, ``nodes``-pod) Job finished through its
     status subresource."""
     now = _now()
@@ -90,7 +90,7 @@ def finish_job(admin, name: str, succeeded: bool, nodes: int = 2) -> None:
              "message": "Job has reached the specified backoff limit", "lastTransitionTime": now, "lastProbeTime": now},
             {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
              "message": "Job has reached the specified backoff limit", "lastTransitionTime": now, "lastProbeTime": now}]}
-    client.BatchV1Api(admin).patch_namespaced_job_status(name, NAMESPACE, {"status": status},
+    client.BatchV1Api(admin).patch_namespaced_job_status(name, namespace, {"status": status},
                                                         _content_type="application/merge-patch+json")
 
 

@@ -21,10 +21,11 @@ def orchestrator(wait_results: list) -> KubeOrchestrator:
     exception to raise, or None)."""
     orch = object.__new__(KubeOrchestrator)
     orch.cfg = KubernetesConfig(inference_deployments=["d"], rollout_timeout_s=1)
-    orch._deployment = lambda name: {"metadata": {"name": name}}
-    orch._patch_version = lambda deployment, version: None
+    orch._inference = {"d": "deployment"}
+    orch._workload = lambda name: {"metadata": {"name": name}}
+    orch._patch_version = lambda obj, version: True
 
-    def wait(names, timeout_s):
+    def wait(names, timeout_s, unchanged):
         result = wait_results.pop(0)
         if result is not None:
             raise result

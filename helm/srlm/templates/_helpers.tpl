@@ -150,7 +150,9 @@ affinity:
 {{- end }}
 {{- end -}}
 
+{{- /* A multi-node group's worker (role worker) runs only Ray: no Kafka or gRPC secrets. */ -}}
 {{- define "srlm.volumeMounts" -}}
+{{- $serves := ne (.role | default "") "worker" -}}
 - name: config
   mountPath: /etc/srlm/config.yaml
   subPath: config.yaml
@@ -162,17 +164,17 @@ affinity:
   mountPath: /tmp
 - name: dshm
   mountPath: /dev/shm
-{{- if .root.Values.kafka.tls.existingSecret }}
+{{- if and $serves .root.Values.kafka.tls.existingSecret }}
 - name: kafka-tls
   mountPath: /etc/srlm/kafka-tls
   readOnly: true
 {{- end }}
-{{- if include "srlm.grpcTlsSecret" .root }}
+{{- if and $serves (include "srlm.grpcTlsSecret" .root) }}
 - name: grpc-tls
   mountPath: /etc/srlm/grpc-tls
   readOnly: true
 {{- end }}
-{{- if include "srlm.grpcAuthSecret" .root }}
+{{- if and $serves (include "srlm.grpcAuthSecret" .root) }}
 - name: grpc-auth
   mountPath: /etc/srlm/grpc-auth
   readOnly: true
@@ -180,6 +182,7 @@ affinity:
 {{- end -}}
 
 {{- define "srlm.volumes" -}}
+{{- $serves := ne (.role | default "") "worker" -}}
 - name: config
   configMap:
     name: {{ include "srlm.configMapName" .root }}
@@ -192,9 +195,11 @@ affinity:
 - name: dshm
   emptyDir:
     medium: Memory
-    {{- /* Larger where one engine spans several GPUs (NCCL, vLLM's worker queues). */}}
-    {{- /* A component's own shmSize (the DPO round's: trainingJob.shmSize) wins. */}}
-    sizeLimit: {{ .values.shmSize | default (ternary .root.Values.parallelShmSizeLimit .root.Values.shmSizeLimit (gt (include "srlm.podGpus" . | int) 1)) }}
+    {{- /* Larger where one engine spans several GPUs (NCCL, vLLM's worker queues) or nodes (Ray's */}}
+    {{- /* object store too). A component's own shmSize (the DPO round's: trainingJob.shmSize) wins. */}}
+    {{- $parallel := or (gt (include "srlm.podGpus" . | int) 1) (eq (include "srlm.multiNode" .) "true") }}
+    sizeLimit: {{ .values.shmSize | default (ternary .root.Values.parallelShmSizeLimit .root.Values.shmSizeLimit $parallel) }}
+{{- if $serves }}
 {{- with .root.Values.kafka.tls.existingSecret }}
 - name: kafka-tls
   secret:
@@ -211,6 +216,7 @@ affinity:
   secret:
     secretName: {{ . }}
     defaultMode: 0440
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -262,4 +268,25 @@ readinessProbe:
   periodSeconds: {{ $p.readiness.periodSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+{{- end -}}
+
+{{/* A NetworkPolicy that admits a component's pods to each other on every port (for peers
+that pick their ports at run time: NCCL, Ray). Arguments: root, name. */}}
+{{- define "srlm.peerNetworkPolicy" -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "srlm.componentName" . }}
+  labels:
+    {{- include "srlm.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "srlm.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- include "srlm.selectorLabels" . | nindent 14 }}
 {{- end -}}

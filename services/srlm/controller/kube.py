@@ -11,11 +11,13 @@ Two steps of the loop leave the controller's process here:
 - a promoted model version reaches promptgen, sampler and judge as a rollout: their pod
   template gets ``SRLM_MODEL_VERSION`` (and the ``srlm.dev/model-version`` annotation), the
   controller waits for the rollout as ``kubectl rollout status`` does, and rolls every
-  Deployment back to its previous version when one fails or the wait times out.
+  Deployment back to its previous version when one fails or the wait times out. With the
+  chart's inference.multiNode they are LeaderWorkerSets (``kubernetes.inference_leaderworkersets``):
+  the same for their leader pod template, the one that runs srlm.
 
 Objects are handled as plain dicts (the API's JSON); the parts that decide something
-(``job_name``, ``render_job``, ``render_trainjob``, ``job_state``, ``rollout_state``) are pure
-functions.
+(``job_name``, ``render_job``, ``render_trainjob``, ``job_state``, ``rollout_state``,
+``lws_rollout_state``, ``version_patch``, ``lws_version_patch``) are pure functions.
 """
 
 from __future__ import annotations
@@ -54,26 +56,34 @@ MASTER_ADDR_ENV = "PET_MASTER_ADDR"
 TRAINER_GROUP, TRAINER_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 TRAINJOB_NODE = "node"  # Kubeflow's torch runtimes: the replicated job (pods <name>-node-0-<i>)
 
+LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
+
 Launcher = Literal["job", "trainjob"]
 # What a DPO round is created as, per kubernetes.training_launcher.
 TRAINING_RESOURCES: dict[str, tuple[str, str]] = {
     "job": ("batch", "jobs"), "trainjob": (TRAINER_GROUP, TRAINJOB_PLURAL)}
 
 
-def permissions(launcher: Launcher = "job") -> dict[tuple[str, str], frozenset[str]]:
-    """Every API call this module makes with ``launcher``, as (API group, resource) -> verbs.
-    The chart's Role (helm/srlm/templates/controller-rbac.yaml) grants exactly these; the
-    tests check both ways."""
-    return {
+def permissions(launcher: Launcher = "job", deployments: bool = True,
+                leaderworkersets: bool = False) -> dict[tuple[str, str], frozenset[str]]:
+    """Every API call this module makes with ``launcher`` and inference services that are
+    Deployments and/or LeaderWorkerSets, as (API group, resource) -> verbs. The chart's Role
+    (helm/srlm/templates/controller-rbac.yaml) grants exactly these; the tests check both ways.
+    Deployments are always read: the controller's own owns the training Jobs."""
+    granted = {
         TRAINING_RESOURCES[launcher]: frozenset({"create", "get", "delete"}),
-        ("apps", "deployments"): frozenset({"get", "patch"}),
+        ("apps", "deployments"): frozenset({"get", "patch"} if deployments else {"get"}),
         ("", "configmaps"): frozenset({"get"}),
     }
+    if leaderworkersets:
+        granted[(LWS_GROUP, LWS_PLURAL)] = frozenset({"get", "patch"})
+    return granted
 
 
 PERMISSIONS = permissions("job")  # the default launcher's
 
 _STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(RuntimeError):
@@ -119,7 +129,7 @@ def label_value(value: str) -> str:
     return _LABEL_VALUE.sub("_", value)[:63].strip("_.-")
 
 
-ROUND_KINDS = ("sft", "dpo")
+ROUND_KINDS = ("sft", "dpo", "grpo")
 
 
 def _round_args(kind: str, run_id: str, iteration: int, base_version: str, out_version: str) -> list[str]:
@@ -270,9 +280,54 @@ def rollout_state(deployment: dict[str, Any]) -> RolloutState:
     return RolloutState(True, message=f"{name}: rolled out")
 
 
-def model_version(deployment: dict[str, Any]) -> str | None:
-    """The SRLM_MODEL_VERSION a Deployment's pod template sets (None: not set)."""
-    for container in deployment["spec"]["template"]["spec"]["containers"]:
+def lws_rollout_state(lws: dict[str, Any], started: bool) -> RolloutState:
+    """A LeaderWorkerSet's rollout, from its status: every group (leader and workers) updated
+    and ready, and Available. Its status has no observedGeneration, so right after a patch it
+    still reads as the old rollout's end: until ``started`` (the LWS controller was seen rolling
+    the new template: UpdateInProgress, or groups not updated) it is not done. New groups take
+    minutes (pods started, a model loaded over nodes), far longer than a poll, so the rollout is
+    seen under way. There is no progress deadline either: a rollout that never completes ends at
+    the controller's timeout."""
+    name, status = lws["metadata"]["name"], lws.get("status") or {}
+    want = (lws.get("spec") or {}).get("replicas", 1)
+    if want == 0:
+        return RolloutState(True, message=f"{name}: no groups")
+    if lws_updating(lws):
+        return RolloutState(False, message=f"{name}: {status.get('updatedReplicas', 0)} of {want} groups updated")
+    if not started:
+        return RolloutState(False, message=f"{name}: waiting for the LeaderWorkerSet controller to start the rollout")
+    available = any(c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if status.get("readyReplicas", 0) < want or not available:
+        return RolloutState(False, message=f"{name}: {status.get('readyReplicas', 0)} of {want} groups ready")
+    return RolloutState(True, message=f"{name}: rolled out")
+
+
+def lws_updating(lws: dict[str, Any]) -> bool:
+    """Whether a LeaderWorkerSet's status shows a rollout under way: UpdateInProgress, or
+    fewer groups on the current template than wanted."""
+    status = lws.get("status") or {}
+    if any(c.get("type") == "UpdateInProgress" and c.get("status") == "True" for c in status.get("conditions") or []):
+        return True
+    return status.get("updatedReplicas", 0) < (lws.get("spec") or {}).get("replicas", 1)
+
+
+def _serving_template(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The pod template that runs srlm and its JSON pointer: a Deployment's, or a
+    LeaderWorkerSet's leader template (its workers only run Ray; without a leader template
+    every pod is made from the worker template)."""
+    spec = obj["spec"]
+    if "leaderWorkerTemplate" in spec:
+        lwt = spec["leaderWorkerTemplate"]
+        if lwt.get("leaderTemplate"):
+            return "/spec/leaderWorkerTemplate/leaderTemplate", lwt["leaderTemplate"]
+        return "/spec/leaderWorkerTemplate/workerTemplate", lwt["workerTemplate"]
+    return "/spec/template", spec["template"]
+
+
+def model_version(obj: dict[str, Any]) -> str | None:
+    """The SRLM_MODEL_VERSION a Deployment's (or LeaderWorkerSet leader's) pod template sets
+    (None: not set)."""
+    for container in _serving_template(obj)[1]["spec"]["containers"]:
         for env in container.get("env") or []:
             if env.get("name") == MODEL_VERSION_ENV:
                 return env.get("value")
@@ -290,6 +345,44 @@ def version_patch(deployment: dict[str, Any], version: str | None) -> dict[str, 
         "metadata": {"annotations": {MODEL_VERSION_ANNOTATION: version}},
         "spec": {"containers": containers},
     }}}
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def lws_version_patch(lws: dict[str, Any], version: str | None) -> list[dict[str, Any]]:
+    """The same change as ``version_patch`` for a LeaderWorkerSet, as a JSON patch (custom
+    resources take no strategic merge, and a merge patch would replace whole lists): each
+    entry it edits is first tested, so a template changed since ``lws`` was read fails the
+    patch instead of editing the wrong entry. The new leader template makes the LWS roll out
+    whole groups (its revision covers both templates)."""
+    path, template = _serving_template(lws)
+    ops: list[dict[str, Any]] = []
+    annotations = (template.get("metadata") or {}).get("annotations")
+    if version is not None:
+        if annotations is None:
+            metadata = {**(template.get("metadata") or {}), "annotations": {MODEL_VERSION_ANNOTATION: version}}
+            ops.append({"op": "add", "path": f"{path}/metadata", "value": metadata})
+        else:
+            ops.append({"op": "add", "path": f"{path}/metadata/annotations/{_pointer(MODEL_VERSION_ANNOTATION)}",
+                        "value": version})
+    elif annotations and MODEL_VERSION_ANNOTATION in annotations:
+        ops.append({"op": "remove", "path": f"{path}/metadata/annotations/{_pointer(MODEL_VERSION_ANNOTATION)}"})
+    for i, container in enumerate(template["spec"]["containers"]):
+        env_path = f"{path}/spec/containers/{i}/env"
+        ops.append({"op": "test", "path": f"{path}/spec/containers/{i}/name", "value": container["name"]})
+        env = container.get("env")
+        at = next((j for j, e in enumerate(env or []) if e.get("name") == MODEL_VERSION_ENV), None)
+        entry = {"name": MODEL_VERSION_ENV, "value": version}
+        if at is not None:
+            ops.append({"op": "test", "path": f"{env_path}/{at}/name", "value": MODEL_VERSION_ENV})
+            ops.append({"op": "remove", "path": f"{env_path}/{at}"} if version is None else
+                       {"op": "replace", "path": f"{env_path}/{at}", "value": entry})
+        elif version is not None:
+            ops.append({"op": "add", "path": f"{env_path}/-", "value": entry} if env is not None else
+                       {"op": "add", "path": env_path, "value": [entry]})
+    return ops
 
 
 # --------------------------------------------------------------------------- the client
@@ -335,7 +428,11 @@ class KubeOrchestrator:
     def __init__(self, api: k8s.ApiClient, namespace: str, cfg: KubernetesConfig):
         self.namespace, self.cfg = namespace, cfg
         self.launcher: Launcher = cfg.training_launcher
-        self.permissions = permissions(self.launcher)
+        # The kind of each inference workload a promotion rolls out, by name.
+        self._inference: dict[str, str] = {**dict.fromkeys(cfg.inference_deployments, "deployment"),
+                                           **dict.fromkeys(cfg.inference_leaderworkersets, "leaderworkerset")}
+        self.permissions = permissions(self.launcher, bool(cfg.inference_deployments),
+                                       bool(cfg.inference_leaderworkersets))
         self._core, self._apps, self._batch = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.BatchV1Api(api)
         self._custom = k8s.CustomObjectsApi(api)
         self._kind = "job" if self.launcher == "job" else "trainjob"  # in messages
@@ -359,6 +456,13 @@ class KubeOrchestrator:
 
     def _deployment(self, name: str) -> dict[str, Any]:
         return self._call(f"get deployment {name}", self._apps.read_namespaced_deployment, name)
+
+    def _workload(self, name: str) -> dict[str, Any]:
+        """An inference workload: a Deployment or a LeaderWorkerSet."""
+        if self._inference[name] == "leaderworkerset":
+            return self._call(f"get leaderworkerset {name}", self._custom.get_namespaced_custom_object,
+                              LWS_GROUP, LWS_VERSION, plural=LWS_PLURAL, name=name)
+        return self._deployment(name)
 
     def _job(self, name: str) -> dict[str, Any]:
         if self.launcher == "trainjob":
@@ -452,21 +556,24 @@ class KubeOrchestrator:
     # ------------------------------------------------------------------ promotions
 
     def set_inference_version(self, version: str, timeout_s: float | None = None) -> dict[str, str | None]:
-        """Roll the inference Deployments to ``version``; returns each one's previous version.
-        On a failed or timed-out rollout every patched Deployment goes back to its previous
-        version and RolloutFailed is raised."""
-        names = list(self.cfg.inference_deployments)
+        """Roll the inference Deployments (and LeaderWorkerSets) to ``version``; returns each
+        one's previous version. On a failed or timed-out rollout every patched one goes back to
+        its previous version and RolloutFailed is raised."""
+        names = list(self._inference)
         if not names:
-            raise KubeError("kubernetes.inference_deployments is empty: nothing to roll out")
+            raise KubeError("kubernetes.inference_deployments and inference_leaderworkersets are empty: "
+                            "nothing to roll out")
         timeout = timeout_s if timeout_s is not None else self.cfg.rollout_timeout_s
-        current = {name: self._deployment(name) for name in names}
-        previous = {name: model_version(dep) for name, dep in current.items()}
+        current = {name: self._workload(name) for name in names}
+        previous = {name: model_version(obj) for name, obj in current.items()}
         patched: list[str] = []
+        unchanged: list[str] = []
         try:
             for name in names:
-                self._patch_version(current[name], version)
+                if not self._patch_version(current[name], version):
+                    unchanged.append(name)
                 patched.append(name)
-            self._wait_rollouts(names, timeout)
+            self._wait_rollouts(names, timeout, unchanged)
         except (KubeError, TimeoutError) as err:
             log.error("rollout of %s failed: %s; rolling back %s", version, err, patched)
             rolled_back = self._roll_back(patched, previous, timeout)
@@ -476,17 +583,37 @@ class KubeOrchestrator:
         log.info("model version %s rolled out to %s", version, ", ".join(names))
         return previous
 
-    def _patch_version(self, deployment: dict[str, Any], version: str | None) -> None:
-        name = deployment["metadata"]["name"]
-        self._call(f"patch deployment {name}", self._apps.patch_namespaced_deployment, name,
-                   body=version_patch(deployment, version), field_manager=FIELD_MANAGER,
-                   _content_type=_STRATEGIC_MERGE)
+    def _patch_version(self, obj: dict[str, Any], version: str | None) -> bool:
+        """Set the model version in a workload's pod template; returns whether its spec changed
+        (a new generation: something to roll out)."""
+        name = obj["metadata"]["name"]
+        if self._inference[name] == "leaderworkerset":
+            patched = self._call(f"patch leaderworkerset {name}", self._custom.patch_namespaced_custom_object,
+                                 LWS_GROUP, LWS_VERSION, plural=LWS_PLURAL, name=name,
+                                 body=lws_version_patch(obj, version), field_manager=FIELD_MANAGER,
+                                 _content_type=_JSON_PATCH)
+        else:
+            patched = self._call(f"patch deployment {name}", self._apps.patch_namespaced_deployment, name,
+                                 body=version_patch(obj, version), field_manager=FIELD_MANAGER,
+                                 _content_type=_STRATEGIC_MERGE)
+        return patched["metadata"].get("generation") != obj["metadata"].get("generation")
 
-    def _wait_rollouts(self, names: list[str], timeout_s: float) -> None:
+    def _wait_rollouts(self, names: list[str], timeout_s: float, unchanged: list[str]) -> None:
         deadline = time.monotonic() + timeout_s
         pending = list(names)
+        # LeaderWorkerSets whose rollout was seen under way (or that have nothing to roll out):
+        # only then does their status speak of the new template (see lws_rollout_state).
+        started = set(unchanged)
         while True:
-            states = [rollout_state(self._deployment(name)) for name in pending]
+            states = []
+            for name in pending:
+                obj = self._workload(name)
+                if self._inference[name] == "leaderworkerset":
+                    if lws_updating(obj):
+                        started.add(name)
+                    states.append(lws_rollout_state(obj, name in started))
+                else:
+                    states.append(rollout_state(obj))
             failed = [s.failed for s in states if s.failed]
             if failed:
                 raise KubeError("; ".join(failed))
@@ -500,9 +627,8 @@ class KubeOrchestrator:
 
     def _roll_back(self, names: list[str], previous: dict[str, str | None], timeout_s: float) -> bool:
         try:
-            for name in names:
-                self._patch_version(self._deployment(name), previous[name])
-            self._wait_rollouts(names, timeout_s)
+            unchanged = [name for name in names if not self._patch_version(self._workload(name), previous[name])]
+            self._wait_rollouts(names, timeout_s, unchanged)
             return True
         except (KubeError, TimeoutError) as err:
             log.error("rollback failed: %s", err)
@@ -525,7 +651,8 @@ class KubePromoter:
         return time.perf_counter() - start
 
 
-JOB_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo"}
+JOB_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo",
+             records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo"}
 
 
 class KubeTrainerLauncher:
@@ -560,9 +687,21 @@ class KubeTrainerLauncher:
                 self.on_failure(cmd, err)
 
 
+def check_inference(config: SRLMConfig) -> None:
+    """Refuse, at start-up, inference services spread over nodes that their engine cannot span:
+    vLLM reaches another node's GPUs only through Ray."""
+    engine = config.engine
+    on_ray = (engine.kind, engine.distributed_executor_backend) == ("vllm", "ray")
+    if config.kubernetes.inference_leaderworkersets and not on_ray:
+        raise KubeError(f"kubernetes.inference_leaderworkersets: multi-node inference services need engine.kind "
+                        f"'vllm' with engine.distributed_executor_backend 'ray', not {engine.kind!r} with "
+                        f"{engine.distributed_executor_backend!r}")
+
+
 def kube_promoter_and_launcher(config: SRLMConfig, fallback=None, on_failure=None
                                ) -> tuple[KubePromoter, KubeTrainerLauncher]:
     """The Promoter and trainer launcher of ``services.mode: kubernetes``."""
+    check_inference(config)
     orchestrator = KubeOrchestrator.from_config(config.kubernetes)
     return KubePromoter(orchestrator), KubeTrainerLauncher(orchestrator, fallback, on_failure)
 

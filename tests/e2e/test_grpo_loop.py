@@ -1,13 +1,16 @@
-"""End to end with GRPO as the objective (``run.objective: grpo``): the sampler records each
-candidate's tokens and log-probs, the judge service adds each reward source's value and their
-weighted sum, the controller sends the groups whose rewards differ, and the trainer service
-trains M1 -> M2 on exactly those groups through TRL's GRPOTrainer and publishes M2 once."""
+"""End to end with GRPO as the objective (``run.objective: grpo``): prompt generation appends two
+verifiable IFEval-style instructions to each prompt, the sampler records each candidate's
+tokens and log-probs, the judge service adds each reward source's value (the self-judge and the
+IFEval verifier) and their weighted sum, the controller sends the groups whose rewards differ,
+and the trainer service trains M1 -> M2 on exactly those groups through TRL's GRPOTrainer and
+publishes M2 once."""
 
 from __future__ import annotations
 
 import pytest
 
 from srlm.models.store import ModelStore
+from srlm.recipe.rewards import Verification, ifeval_reward
 from srlm.runtime.pipeline import read_topic
 from srlm.v1 import records_pb2
 from tests.e2e.conftest import stack_for, start_run, started, wait_run
@@ -17,7 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 RUN_ID = "grpo-loop"
 # The CI config samples 3 candidates per prompt: one group per optimizer step.
 GRPO = {"SRLM_RUN__OBJECTIVE": "grpo", "SRLM_GRPO__BATCH_SIZE": "3", "SRLM_GRPO__PER_DEVICE_BATCH_SIZE": "3",
-        "SRLM_GRPO__MAX_STEPS": "2", "SRLM_GRPO__SAVE_STEPS": "1", "SRLM_GRPO__MAX_LENGTH": "256"}
+        "SRLM_GRPO__MAX_STEPS": "2", "SRLM_GRPO__SAVE_STEPS": "1", "SRLM_GRPO__MAX_LENGTH": "256",
+        "SRLM_SELF_INSTRUCT__VERIFIABLE_INSTRUCTIONS": "2", "SRLM_REWARDS__WEIGHTS": "{self_judge: 1.0, verifier: 2.0}"}
 
 
 def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
@@ -37,12 +41,16 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
                 assert len(c.token_ids) == len(c.token_logprobs) == c.num_tokens > 0
         rewarded = set()
         for key, js in judgments.items():
-            for jc in js.candidates:
+            cs = candidates[key]
+            verification = Verification.from_record(cs.verification)
+            assert len(verification.instruction_ids) == 2 and cs.prompt.startswith(js.prompt[:20])
+            for c, jc in zip(cs.candidates, js.candidates, strict=True):
                 sources = {r.source: r.value for r in jc.rewards}
-                if jc.num_parsed:  # the self-judge's mean score, and (no verification here) nothing else
-                    assert sources == pytest.approx({"self_judge": jc.mean_score}) and jc.reward == pytest.approx(jc.mean_score)
-                else:
-                    assert not sources and not jc.HasField("reward")
+                verified = ifeval_reward(verification, cs.prompt, c.text)  # IFEval's checker, again
+                judged = 0.0 if jc.score_statement else jc.mean_score
+                expected = {"verifier": verified, **({"self_judge": judged} if jc.num_parsed else {})}
+                assert sources == pytest.approx(expected)
+                assert jc.reward == pytest.approx(2.0 * verified + sources.get("self_judge", 0.0))
             if len({jc.reward for jc in js.candidates if jc.HasField("reward")}) >= 2:
                 rewarded.add(key)
         it = next(i for i in state.iterations if i.iteration == 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,15 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from safetensors import safe_open
 
 from srlm.config import DPOConfig, SFTConfig, SRLMConfig
-from srlm.runtime.tracking import read_scalars, training_callbacks
+from srlm.runtime.tracking import read_scalars, training_callbacks, wandb_run_id
 from srlm.trainer.data import sft_examples
 from srlm.trainer.dpo import REWARD_METRICS, train_dpo
 from srlm.trainer.sft import build_sft_trainer, train_sft
 from tests.trainer import dpo_job
 from tests.trainer.rows import PAIRS, SFT_ROWS
+from tests.fixtures.tracking import closed_port, items, srlm_runs, wandb_records
 
 pytestmark = pytest.mark.model
 
@@ -55,12 +58,19 @@ class Progress:
         return [{"step": s, "total": t, **logs} for s, t, logs in self.calls if "loss" in logs]
 
 
-def test_sft_trains_and_publishes_m1_with_its_data(m0, tmp_path):
+def test_sft_trains_and_publishes_m1_with_its_data(m0, tmp_path, caplog):
     store, base = m0
     progress = Progress()
     cfg = tiny(SFTConfig, per_device_batch_size=1)  # batch 2 = 2 accumulated micro-batches
-    manifest = train_sft(store, base.version_id, "trainer-sft-m1", SFT_ROWS, cfg, run_id="t-sft",
-                         work_dir=tmp_path / "w", seed=7, progress_cb=progress)
+    # an MLflow server that cannot be reached costs the round a warning, nothing more
+    unreachable = SRLMConfig(tracking={"tensorboard": False, "report_to": ["mlflow"],
+                                       "mlflow": {"tracking_uri": f"http://127.0.0.1:{closed_port()}"}})
+    with caplog.at_level(logging.WARNING, "srlm.runtime.tracking"):
+        manifest = train_sft(store, base.version_id, "trainer-sft-m1", SFT_ROWS, cfg, run_id="t-sft",
+                             work_dir=tmp_path / "w", seed=7, progress_cb=progress,
+                             callbacks=training_callbacks(unreachable, "t-sft", "trainer-sft-m1"))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "srlm.runtime.tracking"]
+    assert len(warnings) == 1 and warnings[0].startswith("MLflow tracking of run t-sft (trainer-sft-m1)"), warnings
 
     assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "sft", 1)
     assert manifest.training_data_sha256 == store.dataset_sha256(manifest.training_data)
@@ -101,10 +111,14 @@ def test_sft_loss_is_on_the_answer_tokens_only(m0, tmp_path):
         assert tok.decode(labels[n:]) == row["completion"][0]["content"] + "<|im_end|>\n"
 
 
-def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
+def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path, monkeypatch):
     store, base = m0
     progress = Progress()
-    config = SRLMConfig(tracking={"dir": tmp_path / "tb"})
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts of a sqlite store: ./mlruns
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = SRLMConfig(tracking={"dir": tmp_path / "tb", "report_to": ["mlflow", "wandb"], "mlflow": {"tracking_uri": uri}})
     manifest = train_dpo(store, base.version_id, "trainer-dpo-m2", PAIRS, tiny(DPOConfig), run_id="t-dpo", iteration=2,
                          work_dir=tmp_path / "w", seed=11, progress_cb=progress,
                          callbacks=training_callbacks(config, "t-dpo", "trainer-dpo-m2"))
@@ -129,6 +143,20 @@ def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path):
     for key in ("loss", "learning_rate", *REWARD_METRICS):
         assert [step for step, _ in scalars[f"train/{key}"]] == [1, 2], key
         assert [v for _, v in scalars[f"train/{key}"]] == pytest.approx([s[key] for s in steps], rel=1e-5), key
+    # ... and in the srlm run's MLflow run, prefixed by the version
+    (mlflow_run,) = srlm_runs(uri)["t-dpo"]
+    client = MlflowClient(uri)
+    for key in ("loss", "learning_rate", *REWARD_METRICS):
+        history = client.get_metric_history(mlflow_run.info.run_id, f"trainer-dpo-m2/train/{key}")
+        assert [m.step for m in history] == [1, 2], key
+        assert [m.value for m in history] == pytest.approx([s[key] for s in steps], rel=1e-5), key
+    # ... and in its W&B run (offline files), against the round's own step axis
+    history = [items(r.history.item) for r in wandb_records([tmp_path], wandb_run_id("t-dpo"))
+               if r.WhichOneof("record_type") == "history"]
+    margins = [h for h in history if "trainer-dpo-m2/train/rewards/margins" in h]
+    assert [h["global_step/trainer-dpo-m2"] for h in margins] == [1, 2]
+    assert [h["trainer-dpo-m2/train/rewards/margins"] for h in margins] == pytest.approx(
+        [s["rewards/margins"] for s in steps], rel=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["ipo", "sigmoid+nll", "lora"])

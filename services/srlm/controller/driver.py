@@ -78,6 +78,8 @@ class RunDriver:
                 seconds = state.updated_at.ToMilliseconds() / 1000 - last.at.ToMilliseconds() / 1000
                 self.run_log.scalars(state.run_id, "stage_seconds", {STAGE_NAMES[last.stage]: seconds}, last.iteration)
         self.run_log.scalars(state.run_id, "run", progress, state.iteration)  # counts, judge and gate figures
+        if state.stage in TERMINAL:
+            self.run_log.finish(state.run_id, failed=state.stage == S.STAGE_FAILED)
         self._send("runs", state.run_id, state)
         event = records_pb2.RunEvent(run_id=state.run_id, iteration=state.iteration, stage=state.stage,
                                      message=message, progress=progress)
@@ -120,7 +122,7 @@ class RunDriver:
 
         state = records_pb2.RunState(run_id=run_id, config_yaml=to_yaml(run_config), stage=S.STAGE_BASE)
         state.started_at.GetCurrentTime()
-        self.run_log.text(run_id, "config", state.config_yaml)
+        self.run_log.run_config(run_id, state.config_yaml)
         self.save(state, "run started")
         return state
 
@@ -147,6 +149,7 @@ class RunDriver:
         m0 = version_id(state.run_id, 0)
         import_base_model(self.store, source=cfg.base_model.source, version_id=m0, gguf_file=cfg.base_model.gguf_file,
                           run_id=state.run_id)
+        self.run_log.lineage(state.run_id, self.store)
         state.serving_version = m0
         if cfg.run.skip_sft:
             return self._serve(state, cfg, m0, "base model (no SFT)")
@@ -250,6 +253,7 @@ class RunDriver:
         it = self._current(state)
         if not self._published(it.output_version):
             return False
+        self.run_log.lineage(state.run_id, self.store)
         state.stage = it.stage = S.STAGE_EVAL
         self.save(state, f"{it.output_version} published")
         return True
@@ -291,4 +295,5 @@ class RunDriver:
         if record.run_id:
             self.run_log.text(record.run_id, "lineage", f"{version} (parent {record.parent_id or '-'}): {status}: {reason}",
                               record.iteration)
+            self.run_log.lineage(record.run_id, self.store)
 

@@ -176,3 +176,30 @@ def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
     if judgments:
         console.print(f"decision: {records_pb2.PairDecision.Name(judgments.decision)}: {judgments.reason}")
     return 0
+
+
+def inspect_group(config: SRLMConfig, group_id: str) -> int:
+    """A scored candidate group (what GRPO trains on): prompt and its verification, each
+    candidate with every reward source's value, the weighted reward and its group advantage."""
+    from srlm.recipe.rewards import group_advantages
+    from srlm.runtime.pipeline import read_topic
+
+    judged = next((j for j in read_topic(config, "judgments") if j.meta.id == group_id), None)
+    if judged is None:
+        print(f"srlm: no scored group {group_id!r} on srlm.judgments", file=sys.stderr)
+        return 1
+    cands = next((c for c in read_topic(config, "candidates") if c.meta.id == group_id), None)
+    console.rule(f"group {group_id}")
+    console.print(f"run {judged.meta.run_id}, iteration {judged.meta.iteration}, scored with {judged.meta.model_version}")
+    console.print(f"prompt {judged.prompt_id}:\n{judged.prompt}", markup=False)
+    if cands is not None and cands.HasField("verification"):
+        v = cands.verification
+        console.print(f"verification: {list(v.instruction_ids) or f'label {v.label!r} of {list(v.labels)}'}")
+    rewards = [jc.reward if jc.HasField("reward") else None for jc in judged.candidates]
+    texts = {c.candidate_id: c.text for c in (cands.candidates if cands else [])}
+    for jc, reward, advantage in zip(judged.candidates, rewards, group_advantages(rewards)):
+        sources = ", ".join(f"{r.source} {r.value:.3g}" for r in jc.rewards) or "no source scored it"
+        console.rule(f"{jc.candidate_id} reward {'n/a' if reward is None else f'{reward:.3g}'} "
+                     f"advantage {'n/a' if advantage is None else f'{advantage:+.3f}'} ({sources})")
+        console.print(texts.get(jc.candidate_id, "(candidate text not found on srlm.candidates)"), markup=False)
+    return 0

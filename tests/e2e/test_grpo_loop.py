@@ -7,13 +7,17 @@ publishes M2 once."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from srlm.models.store import ModelStore
-from srlm.recipe.rewards import Verification, ifeval_reward
+from srlm.recipe.rewards import Verification, group_advantages, ifeval_reward
 from srlm.runtime.pipeline import read_topic
 from srlm.v1 import records_pb2
-from tests.e2e.conftest import stack_for, start_run, started, wait_run
+from tests.e2e.conftest import CI_CONFIG, stack_for, start_run, started, wait_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 
@@ -63,5 +67,17 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
         assert m2.metrics["global_step"] == 2 and "reward" in m2.metrics
         assert [m.version_id for m in store.list(RUN_ID)].count(f"{RUN_ID}.m2") == 1
         store.verify(m2.version_id)
+
+        # `srlm inspect group` (the real CLI) shows a trained group's rewards and advantages
+        key = sorted(rewarded)[0]
+        env = {**os.environ, **stack.service_env(), "COLUMNS": "250"}
+        shown = subprocess.run([sys.executable, "-m", "srlm.cli", "inspect", "group", key, "--config",
+                                str(CI_CONFIG)], env=env, capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        out = " ".join(shown.stdout.split())
+        rewards = [jc.reward for jc in judgments[key].candidates]
+        for jc, advantage in zip(judgments[key].candidates, group_advantages(rewards)):
+            assert f"{jc.candidate_id} reward {jc.reward:.3g} advantage {advantage:+.3f}" in out
+        assert "verification: ['" in out
     finally:
         stack.stop()

@@ -9,6 +9,7 @@ import torch
 
 from srlm.config import EngineConfig, GRPOConfig
 from srlm.models.engines import SamplingParams, create_engine
+from srlm.recipe.rewards import group_advantages
 from srlm.trainer.data import TrainingDataError, grpo_groups
 from srlm.trainer.grpo import SUMMARY_METRICS, build_grpo_trainer, grpo_examples, train_grpo
 from tests.trainer.test_training import weights_changed
@@ -57,11 +58,6 @@ def captured_batches(trainer) -> list[dict]:
     return seen
 
 
-def expected_advantages(rewards: list[float]) -> torch.Tensor:
-    r = torch.tensor(rewards)
-    return (r - r.mean()) / (r.std() + 1e-4)  # TRL: unbiased std per group, + 1e-4
-
-
 @pytest.mark.parametrize("correction", [True, False])
 def test_grpo_uses_the_groups_rewards_and_the_sampler_logprobs(m0_dir, groups, tmp_path, correction):
     examples, by_prompt, temperature = grpo_examples(groups, tiny())
@@ -84,7 +80,8 @@ def test_grpo_uses_the_groups_rewards_and_the_sampler_logprobs(m0_dir, groups, t
         for prompt in {p for p, _ in rows}:
             members = [(r, j) for r, (p, j) in enumerate(rows) if p == prompt]
             assert sorted(j for _, j in members) == list(range(GROUP)), "a whole group per generation batch"
-            expected = expected_advantages([by_prompt[prompt][j]["reward"] for _, j in members])
+            # srlm's own account of the advantages (srlm inspect group) is TRL's
+            expected = torch.tensor(group_advantages([by_prompt[prompt][j]["reward"] for _, j in members]))
             got = batch["advantages"][[r for r, _ in members]]
             assert torch.allclose(got, expected, atol=1e-4)
         recorded = torch.zeros_like(batch["sampling_per_token_logps"])

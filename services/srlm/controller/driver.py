@@ -200,7 +200,7 @@ class RunDriver:
                                                 base_version=version_id(state.run_id, 0),
                                                 output_version=version_id(state.run_id, 1)))
         elif state.stage == S.STAGE_TRAINING:
-            self.trainer_launcher(self._dpo_command(state))
+            self.trainer_launcher(self._training_command(state, cfg))
 
     def _prompts(self, state, cfg) -> bool:
         view = self.tracker.iteration(state.run_id, state.iteration)
@@ -223,11 +223,15 @@ class RunDriver:
         self.save(state, f"{it.candidate_sets} candidate sets sampled", **self.tracker.progress(state.run_id, state.iteration))
         return True
 
-    def _dpo_command(self, state) -> records_pb2.IterationCommand:
+    def _training_command(self, state, cfg) -> records_pb2.IterationCommand:
+        """DPO on the kept pairs, or GRPO on the groups whose rewards differ (``run.objective``)."""
         view = self.tracker.iteration(state.run_id, state.iteration)
         it = self._current(state)
-        return self._command(state, S.COMMAND_KIND_TRAIN_DPO, "dpo", pair_ids=view.kept_pair_ids(),
-                             base_version=it.input_version, output_version=version_id(state.run_id, state.iteration + 1))
+        versions = dict(base_version=it.input_version, output_version=version_id(state.run_id, state.iteration + 1))
+        if cfg.run.objective == "grpo":
+            return self._command(state, S.COMMAND_KIND_TRAIN_GRPO, "grpo", group_ids=view.rewarded_group_ids(),
+                                 **versions)
+        return self._command(state, S.COMMAND_KIND_TRAIN_DPO, "dpo", pair_ids=view.kept_pair_ids(), **versions)
 
     def _judgments(self, state, cfg) -> bool:
         view = self.tracker.iteration(state.run_id, state.iteration)
@@ -237,16 +241,23 @@ class RunDriver:
             return False
         it.judgment_sets = len(view.judgment_sets)
         it.pairs = len(view.kept_pair_ids())
-        if it.pairs == 0:
-            it.gate_reason = "no preference pairs: every prompt's candidates tied or were unscored"
+        grpo = cfg.run.objective == "grpo"
+        examples = len(view.rewarded_group_ids()) if grpo else it.pairs
+        if grpo:
+            it.metrics["rewarded_groups"] = examples
+        if examples == 0:
+            it.gate_reason = ("no group with differing rewards: every prompt's candidates scored alike or were "
+                              "unscored" if grpo else "no preference pairs: every prompt's candidates tied or were "
+                              "unscored")
             state.stage = it.stage = S.STAGE_PROMOTE
             self.save(state, it.gate_reason, **self.tracker.progress(state.run_id, state.iteration))
             return True
         state.stage = it.stage = S.STAGE_TRAINING
         it.output_version = version_id(state.run_id, state.iteration + 1)
-        self.save(state, f"{it.judgment_sets} prompts judged, {it.pairs} pairs; DPO to {it.output_version}",
+        what = f"{examples} groups with differing rewards; GRPO" if grpo else f"{it.pairs} pairs; DPO"
+        self.save(state, f"{it.judgment_sets} prompts judged, {what} to {it.output_version}",
                   **self.tracker.progress(state.run_id, state.iteration))
-        self.trainer_launcher(self._dpo_command(state))
+        self.trainer_launcher(self._training_command(state, cfg))
         return True
 
     def _training(self, state, cfg) -> bool:

@@ -52,7 +52,8 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
     per_iter: dict[int, dict[str, Any]] = defaultdict(lambda: {"scores": [], "decisions": Counter(), "parsed": 0,
                                                                "forced": 0, "judgments": 0, "candidates": 0,
                                                                "score_statements": 0, "chosen_tokens": [],
-                                                               "rejected_tokens": [], "gaps": []})
+                                                               "rejected_tokens": [], "gaps": [], "rewards": [],
+                                                               "sources": defaultdict(list)})
     judge_versions = {}
     for j in judgments.values():
         judge_versions[j.meta.iteration] = j.meta.model_version
@@ -66,6 +67,10 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             it["forced"] += sum(s.forced for s in c.samples)
             if c.num_parsed:
                 it["scores"].append(c.mean_score)
+            if c.HasField("reward"):  # what the online objectives train on
+                it["rewards"].append(c.reward)
+            for r in c.rewards:
+                it["sources"][r.source].append(r.value)
     for p in pairs.values():
         it = per_iter[p.meta.iteration]
         it["chosen_tokens"].append(tokens.get(p.chosen_candidate_id, 0))
@@ -98,6 +103,8 @@ def collect(config: SRLMConfig, state: records_pb2.RunState) -> dict[str, Any]:
             "share_scores_ge_4": (sum(s >= 4 for s in it["scores"]) / len(it["scores"])) if it["scores"] else None,
             "mean_chosen_tokens": _mean(it["chosen_tokens"]), "mean_rejected_tokens": _mean(it["rejected_tokens"]),
             "mean_score_gap": _mean(it["gaps"]),
+            "mean_reward": _mean(it["rewards"]),
+            "mean_reward_by_source": {source: _mean(values) for source, values in sorted(it["sources"].items())},
         })
     sft = {name: secs for (i, name), secs in seconds.items() if i == 0}
     start = state.stage_starts[0].at.ToNanoseconds() / 1e9 if state.stage_starts else 0.0
@@ -171,11 +178,11 @@ def _plot(path: Path, draw) -> str:
 
 
 def training_lines(report: dict) -> dict[str, tuple[list[float], list[float]]]:
-    """The training plot's data: per trained version, its loss and (DPO) reward margin at
-    every logged optimizer step."""
+    """The training plot's data: per trained version, its loss and its DPO reward margin or GRPO
+    mean reward at every logged optimizer step."""
     lines = {}
     for v in report["versions"]:
-        for key, label in (("loss", "loss"), ("rewards/margins", "reward margin")):
+        for key, label in (("loss", "loss"), ("rewards/margins", "reward margin"), ("reward", "mean reward")):
             hist = [h for h in v["log_history"] if key in h]
             if hist:
                 lines[f"{v['version_id']} {label}"] = ([h["step"] for h in hist], [h[key] for h in hist])
@@ -218,8 +225,8 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
 
     def training(ax):
         for label, (steps, values) in training_lines(report).items():
-            ax.plot(steps, values, linestyle="--" if label.endswith("margin") else "-", label=label)
-        ax.set(title="Training loss and DPO reward margins", xlabel="step")
+            ax.plot(steps, values, linestyle="-" if label.endswith("loss") else "--", label=label)
+        ax.set(title="Training loss, DPO reward margins, GRPO mean reward", xlabel="step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     made.append(_plot(out / "training.png", training))

@@ -29,7 +29,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.kube import CACHE, _binary, free_port
+from tests.fixtures.kube import CACHE, _binary, free_port, install_crds
 from tests.helm.pod_security import violations
 from tests.helm.test_chart import CHART, VALUE_SETS, VALUES, find, helm, job_template, one, values_args
 
@@ -229,23 +229,8 @@ def test_rule_and_dashboard_metrics_are_exported(monitored, exported):
 @pytest.fixture(scope="module")
 def api(kube_cluster):
     api = kube_cluster.admin_client()
-    if not (CRDS / ".complete").exists():
-        pytest.fail(f"{CRDS} is missing: run deploy/monitoring/fetch-crds.sh (deploy/bootstrap.sh --test runs it)",
-                    pytrace=False)
-    ext = client.ApiextensionsV1Api(api)
-    for plural in ("servicemonitors", "prometheusrules"):
-        crd = yaml.safe_load((CRDS / f"monitoring.coreos.com_{plural}.yaml").read_text())
-        try:
-            ext.create_custom_resource_definition(crd)
-        except ApiException as err:
-            if err.status != 409:
-                raise
-    deadline = time.monotonic() + 60
-    for plural in ("servicemonitors", "prometheusrules"):
-        while not any(c.type == "Established" and c.status == "True" for c in
-                      ext.read_custom_resource_definition(f"{plural}.monitoring.coreos.com").status.conditions or []):
-            assert time.monotonic() < deadline, f"CRD {plural} not established"
-            time.sleep(0.5)
+    install_crds(api, CRDS, "monitoring.coreos.com", ("servicemonitors", "prometheusrules"),
+                 "deploy/monitoring/fetch-crds.sh")
     core = client.CoreV1Api(api)
     restricted = {"pod-security.kubernetes.io/enforce": "restricted",
                   "pod-security.kubernetes.io/enforce-version": "latest"}

@@ -11,7 +11,6 @@ UpdateInProgress with the groups not yet updated, then every group updated, read
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from srlm.controller.kube import (FIELD_MANAGER, LWS_GROUP, LWS_PLURAL, LWS_VERSION, MODEL_VERSION_ANNOTATION,
                                   MODEL_VERSION_ENV, KubeError, KubeOrchestrator, RolloutFailed, api_client,
                                   lws_version_patch, model_version, permissions)
-from tests.fixtures.kube import CACHE, assert_schema_rejects
+from tests.fixtures.kube import CACHE, assert_schema_rejects, helm_env, install_crds, when_served
 from tests.kube.test_kube_mode import finish_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,35 +53,9 @@ def custom(api) -> client.CustomObjectsApi:
 @pytest.fixture(scope="module")
 def crd(admin):
     """The LeaderWorkerSet CRD, installed and served."""
-    if not (CRDS / ".complete").exists():
-        pytest.fail(f"{CRDS} is missing: run deploy/lws/fetch-crds.sh (deploy/bootstrap.sh --test runs it)",
-                    pytrace=False)
-    ext = client.ApiextensionsV1Api(admin)
-    try:
-        ext.create_custom_resource_definition(
-            yaml.safe_load((CRDS / f"{LWS_GROUP}_{LWS_PLURAL}.yaml").read_text()))
-    except ApiException as err:
-        if err.status != 409:
-            raise
-    deadline = time.monotonic() + 60
-    while not any(c.type == "Established" and c.status == "True" for c in
-                  ext.read_custom_resource_definition(f"{LWS_PLURAL}.{LWS_GROUP}").status.conditions or []):
-        assert time.monotonic() < deadline, "CRD leaderworkersets not established"
-        time.sleep(0.5)
-    while True:  # the new resource may take a moment to be served
-        try:
-            custom(admin).list_namespaced_custom_object(LWS_GROUP, LWS_VERSION, "default", LWS_PLURAL)
-            return admin
-        except ApiException as err:
-            if err.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def helm_env(tmp_path_factory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("helm-home")
-    return {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_DATA_HOME": str(home / "data")}
+    install_crds(admin, CRDS, LWS_GROUP, (LWS_PLURAL,), "deploy/lws/fetch-crds.sh")
+    when_served(lambda: custom(admin).list_namespaced_custom_object(LWS_GROUP, LWS_VERSION, "default", LWS_PLURAL))
+    return admin
 
 
 @pytest.fixture(scope="module")

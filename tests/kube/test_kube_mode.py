@@ -10,7 +10,6 @@ cluster.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from srlm.controller.kube import (FIELD_MANAGER, MODEL_VERSION_ANNOTATION, JobFa
                                   KubeOrchestrator, KubePromoter, KubeTrainerLauncher, RolloutFailed,
                                   api_client, model_version, permissions)
 from srlm.v1 import records_pb2
+from tests.fixtures.kube import helm_env
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "srlm-kube"
@@ -44,9 +44,7 @@ def admin(kube_cluster):
 def release(kube_cluster, helm_bin, tmp_path_factory):
     """The chart installed into NAMESPACE with the GPU-pool values (8 GPUs per node), 2-node DPO
     rounds and model version m1."""
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_DATA_HOME": str(home / "data")}
+    env = helm_env(tmp_path_factory)
     proc = subprocess.run(
         [str(helm_bin), "install", RELEASE, str(REPO / "helm" / "srlm"), "--kubeconfig", str(kube_cluster.kubeconfig),
          "-n", NAMESPACE, "--create-namespace", "-f", str(REPO / "tests" / "helm" / "values" / "gpu-pools.yaml"),

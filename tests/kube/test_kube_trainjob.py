@@ -10,9 +10,7 @@ its status subresource, as the Job tests play the Job controller.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from srlm.controller.kube import (TRAINER_GROUP, TRAINER_VERSION, TRAINJOB_PLURAL, JobFailed, KubeError,
                                   KubeOrchestrator, api_client, permissions, render_trainjob)
-from tests.fixtures.kube import CACHE, assert_schema_rejects
+from tests.fixtures.kube import CACHE, assert_schema_rejects, helm_env, install_crds, when_served
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = CACHE / "crds" / "kubeflow-trainer-v2.0.0"
@@ -40,44 +38,25 @@ def admin(kube_cluster):
 @pytest.fixture(scope="module")
 def crds(admin):
     """Kubeflow Trainer's CRDs and its torch-distributed ClusterTrainingRuntime, installed."""
-    if not (CRDS / ".complete").exists():
-        pytest.fail(f"{CRDS} is missing: run deploy/kubeflow/fetch-crds.sh (deploy/bootstrap.sh --test runs it)",
-                    pytrace=False)
-    ext = client.ApiextensionsV1Api(admin)
-    plurals = ("trainjobs", "clustertrainingruntimes")
-    for plural in plurals:
-        try:
-            ext.create_custom_resource_definition(yaml.safe_load((CRDS / f"{TRAINER_GROUP}_{plural}.yaml").read_text()))
-        except ApiException as err:
-            if err.status != 409:
-                raise
-    deadline = time.monotonic() + 60
-    for plural in plurals:
-        while not any(c.type == "Established" and c.status == "True" for c in
-                      ext.read_custom_resource_definition(f"{plural}.{TRAINER_GROUP}").status.conditions or []):
-            assert time.monotonic() < deadline, f"CRD {plural} not established"
-            time.sleep(0.5)
+    install_crds(admin, CRDS, TRAINER_GROUP, ("trainjobs", "clustertrainingruntimes"), "deploy/kubeflow/fetch-crds.sh")
     runtime = yaml.safe_load((CRDS / "torch_distributed.yaml").read_text())
-    while True:  # the new resource may take a moment to be served
+
+    def create_runtime():
         try:
             client.CustomObjectsApi(admin).create_cluster_custom_object(
                 TRAINER_GROUP, TRAINER_VERSION, "clustertrainingruntimes", runtime)
-            break
         except ApiException as err:
-            if err.status == 409:
-                break
-            if err.status != 404 or time.monotonic() > deadline:
+            if err.status != 409:
                 raise
-            time.sleep(0.5)
+
+    when_served(create_runtime)
     return admin
 
 
 @pytest.fixture(scope="module")
 def release(crds, kube_cluster, helm_bin, tmp_path_factory):
     """The chart with launcher=trainjob (2 nodes of 8 GPUs), installed into NAMESPACE."""
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_DATA_HOME": str(home / "data")}
+    env = helm_env(tmp_path_factory)
     proc = subprocess.run(
         [str(helm_bin), "install", "t", str(REPO / "helm" / "srlm"), "--kubeconfig", str(kube_cluster.kubeconfig),
          "-n", NAMESPACE, "--create-namespace", "-f", str(REPO / "tests" / "helm" / "values" / "gpu-pools.yaml"),

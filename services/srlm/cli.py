@@ -8,6 +8,7 @@
     srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
     srlm train sft|dpo|grpo --run-id R --iteration I --base-version V --out-version W   # a training Job
+    srlm train-reward-model --pairs FILE.jsonl | --run RUN_ID --base-version V --out-version W
     srlm kafka-acls [--format strimzi]            # each service's Kafka ACLs, for a secured cluster
 """
 
@@ -164,6 +165,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_from_command_line(_config(args), args)
 
 
+def cmd_train_reward_model(args: argparse.Namespace) -> int:
+    from srlm.models.store import ModelStoreError
+    from srlm.trainer.data import TrainingDataError
+    from srlm.trainer.service import train_reward_model_from_command_line
+
+    try:
+        return train_reward_model_from_command_line(_config(args), args)
+    except (TrainingDataError, ModelStoreError, OSError) as err:
+        print(f"srlm train-reward-model: {err}", file=sys.stderr)
+        return 2
+
+
 def cmd_kafka_acls(args: argparse.Namespace) -> int:
     from srlm.bus.acls import format_kafka_acls, format_strimzi, service_acls
 
@@ -236,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-version", required=True)
     p.add_argument("--out-version", required=True)
     p.set_defaults(func=cmd_train)
+
+    p = with_config(sub.add_parser("train-reward-model", help="a Bradley-Terry reward model on preference pairs "
+                                                              "(the reward_model reward source)"))
+    pairs = p.add_mutually_exclusive_group(required=True)
+    pairs.add_argument("--pairs", help="JSONL file of pairs: {pair_id, prompt, chosen, rejected} a line")
+    pairs.add_argument("--run", help="every pair this run kept (read from the srlm.pairs topic)")
+    p.add_argument("--base-version", required=True, help="the model version to start from (e.g. m0, m1)")
+    p.add_argument("--out-version", required=True, help="the reward model's version id")
+    p.set_defaults(func=cmd_train_reward_model)
 
     p = with_config(sub.add_parser("kafka-acls", help="the Kafka ACLs of each service's principal, for a cluster"))
     p.add_argument("--prefix", default=None, help="topic prefix (default: kafka.topic_prefix of the config)")

@@ -334,18 +334,49 @@ class GRPOConfig(TrainingSection):
                                                         "advantages are zero, they only cost compute (DAPO)")
 
 
+class RewardModelConfig(TrainingSection):
+    """A Bradley-Terry reward model (``srlm train-reward-model``): a model version with a one-output
+    sequence-classification head, trained by TRL's RewardTrainer on preference pairs to score
+    chosen above rejected; the ``reward_model`` reward source. Defaults are TRL's RewardConfig."""
+
+    learning_rate: float = Field(1e-4, gt=0, description="TRL's default")
+    final_learning_rate: float = Field(0.0, ge=0, description="TRL's default: linear decay to 0")
+    lr_schedule: Literal["cosine", "linear"] = "linear"
+    batch_size: int = Field(8, ge=1, description="pairs per optimizer step (TRL: 8 per device)")
+    per_device_batch_size: int = Field(8, ge=1, description="pairs per forward pass (TRL's default)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="TRL's default: dropout disabled")
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="push the rewards towards mean zero (Eisenstein et al. 2023; TRL suggests 0.01); "
+                                "None: off (TRL's default)")
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="pairs held out of training (chosen by a hash of pair id and seed); the "
+                                     "model's pairwise accuracy on them goes in its manifest (held_out_accuracy)")
+    score_batch_size: int = Field(16, ge=1, description="sequences scored together (held-out pairs; the judge)")
+
+
 class RewardsConfig(Section):
     """Reward sources of the online objectives and their weights (reward = weighted sum of the
     sources that scored a candidate). ``self_judge`` is the paper's LLM-as-a-Judge mean score
-    (0-5); ``verifier`` checks prompts that carry a verification (IFEval instructions, a label)."""
+    (0-5); ``verifier`` checks prompts that carry a verification (IFEval instructions, a label);
+    ``reward_model`` is a trained reward model's score (``reward_model_version``)."""
 
-    weights: dict[Literal["self_judge", "verifier"], float] = Field(
-        default_factory=lambda: {"self_judge": 1.0, "verifier": 1.0})
+    weights: dict[Literal["self_judge", "verifier", "reward_model"], float] = Field(
+        default_factory=lambda: {"self_judge": 1.0, "verifier": 1.0, "reward_model": 0.0})
+    reward_model_version: str | None = Field(
+        None, description="the model store's reward_model version that scores every candidate when "
+                          "weights.reward_model is not 0 (srlm train-reward-model publishes one)")
     ifeval_level: Literal["instruction", "prompt"] = Field(
         "instruction", description="IFEval reward: fraction of instructions followed, or 1 only if all are")
     label_correct: float = Field(1.0, description="classification: the right label")
     label_wrong: float = Field(-1.0, description="classification: a wrong label")
     label_unreadable: float = Field(-3.0, description="classification: no single label can be read")
+
+    @model_validator(mode="after")
+    def _reward_model_named(self) -> "RewardsConfig":
+        if self.weights.get("reward_model", 0.0) != 0.0 and not self.reward_model_version:
+            raise ValueError("rewards.reward_model_version: weights.reward_model is not 0, so name the reward_model "
+                             "version that scores the candidates")
+        return self
 
 
 # AlpacaEval subsets kept for evaluation (eval gate); never seed/training data.
@@ -649,6 +680,7 @@ class SRLMConfig(Section):
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
     grpo: GRPOConfig = GRPOConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
     rewards: RewardsConfig = RewardsConfig()
     distributed: DistributedConfig = DistributedConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -667,7 +699,7 @@ class SRLMConfig(Section):
         if self.run.objective == "grpo" and self.grpo.batch_size % self.sampling.n:
             raise ValueError(f"grpo.batch_size: {self.grpo.batch_size} candidates per step must be whole groups of "
                              f"sampling.n = {self.sampling.n}")
-        for name in ("sft", "dpo", "grpo"):
+        for name in ("sft", "dpo", "grpo", "reward_model"):
             if getattr(self, name).use_lora and self.distributed.strategy in ("fsdp", "deepspeed"):
                 raise ValueError(f"{name}.use_lora: LoRA rounds are merged on one process before publishing; run "
                                  f"them with distributed.strategy none or ddp, not {self.distributed.strategy}")

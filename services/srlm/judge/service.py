@@ -40,6 +40,7 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
           version_id: str | None = None) -> ServiceHandle:
     host = ModelHost("judge", config)
     judge = Judge(host, config)
+    judge.reward_model()  # a missing or wrong rewards.reward_model_version fails here, not at the first batch
     handle = start_grpc_server("judge", config, [
         (services_pb2_grpc.add_JudgeServicer_to_server, JudgeServicer(judge), "srlm.v1.Judge")], grpc_port, metrics_port)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from srlm.config import RewardsConfig, SRLMConfig
 from srlm.models.engines import SamplingParams
@@ -24,6 +25,9 @@ DECISIONS = {
     "dropped_injection": records_pb2.PAIR_DECISION_DROPPED_INJECTION,
 }
 
+# A reward model's scores of a prompt's responses (srlm.models.reward_model.RewardModelScorer.score).
+RewardModelFn = Callable[[str, Sequence[str]], Sequence[float]]
+
 
 class Judge:
     """Scores responses with the judge prompt (k samples each, mean of the parsed scores)."""
@@ -34,6 +38,16 @@ class Judge:
         self.template = read_judge_template(config.judge.template_file)
         self.stats = JudgeStats()
         self.mix = RewardMix(config.rewards.weights)
+        self._reward_model: RewardModelFn | None = None
+
+    def reward_model(self) -> RewardModelFn | None:
+        """The reward model's scorer when ``rewards.weights.reward_model`` is not 0, loaded on first
+        use (the judge service loads it at start-up, so a bad version fails the start)."""
+        if self._reward_model is None and self.mix.uses("reward_model"):
+            from srlm.models.reward_model import RewardModelScorer
+
+            self._reward_model = RewardModelScorer.from_store(self.host.store, self.config).score
+        return self._reward_model
 
     def _force_verdicts(self, conversations, outputs: list[list[str]], params: SamplingParams
                         ) -> tuple[list[list[str]], set[tuple[int, int]]]:
@@ -112,15 +126,22 @@ class JudgeOutcome:
 
 
 def add_rewards(cs: records_pb2.CandidateSet, judged: list[records_pb2.JudgedCandidate], mix: RewardMix,
-                cfg: RewardsConfig) -> None:
+                cfg: RewardsConfig, reward_model: RewardModelFn | None = None) -> None:
     """Each reward source's value for each candidate, and their weighted sum (``rewards``).
+    ``reward_model`` scores a prompt's responses (``RewardModelScorer.score``), all in one call.
 
     A response that carries a score statement or a plea to the judge gets the judge's lowest
     score: it must never gain from the attempt (for DPO it is never chosen)."""
     verification = Verification.from_record(cs.verification) if cs.HasField("verification") else Verification()
     labels = LabelRewards(cfg.label_correct, cfg.label_wrong, cfg.label_unreadable)
-    for cand, jc in zip(cs.candidates, judged):
-        values = {"self_judge": (0.0 if jc.score_statement else jc.mean_score) if jc.num_parsed else None}
+    model_scores: Sequence[float | None] = [None] * len(cs.candidates)
+    if mix.uses("reward_model"):
+        if reward_model is None:
+            raise ValueError("rewards.weights.reward_model is not 0 but no reward model was loaded")
+        model_scores = reward_model(cs.prompt, [c.text for c in cs.candidates])
+    for cand, jc, model_score in zip(cs.candidates, judged, model_scores):
+        values = {"self_judge": (0.0 if jc.score_statement else jc.mean_score) if jc.num_parsed else None,
+                  "reward_model": model_score}
         if mix.uses("verifier") and not verification.empty:
             values["verifier"] = verifier_reward(verification, cs.prompt, cand.text, ifeval_level=cfg.ifeval_level,
                                                  label_values=labels)
@@ -139,9 +160,9 @@ def judge_candidate_set(cs: records_pb2.CandidateSet, judge: Judge) -> JudgeOutc
         # The candidates' model version judges them: M_t is both actor and judge.
         version, judged = judge.score(cs.prompt, [c.text for c in cs.candidates], params,
                                       version_id=cs.meta.model_version or None)
-    else:  # a program alone rewards them (RLVR): no judge generation at all
+    else:  # programs or a reward model alone reward them (RLVR, RLHF): no judge generation at all
         version, judged = cs.meta.model_version, [records_pb2.JudgedCandidate() for _ in cs.candidates]
-    add_rewards(cs, judged, judge.mix, judge.config.rewards)
+    add_rewards(cs, judged, judge.mix, judge.config.rewards, judge.reward_model())
     out = records_pb2.JudgmentSet(meta=child_meta(cs.meta, cs.meta.id, version), prompt_id=cs.prompt_id,
                                   prompt=cs.prompt)
     scored = []

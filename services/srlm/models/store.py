@@ -33,7 +33,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-KINDS = ("base", "sft", "dpo", "grpo")
+KINDS = ("base", "sft", "dpo", "grpo", "reward_model")
 STATUSES = ("published", "promoted", "rejected", "rolled_back")
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _CHUNK = 1 << 20
@@ -63,7 +63,7 @@ class Manifest:
     parent_id: str | None
     run_id: str | None
     iteration: int
-    kind: str  # "base" | "sft" | "dpo"
+    kind: str  # one of KINDS
     created_at: str  # ISO 8601 UTC
     training_data: str | None  # dataset name in the store
     training_data_sha256: str | None

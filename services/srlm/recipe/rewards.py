@@ -7,7 +7,10 @@ those values is its reward (``RewardsConfig``):
 - ``verifier``: a program checks the response: IFEval's instruction checker on a prompt that
   carries instructions (the fraction followed, or all-or-nothing), or the label of a
   classification prompt (+1 correct, -1 wrong, -3 when no label can be read: the values of
-  PPO-with-LoRA on GLUE, all config).
+  PPO-with-LoRA on GLUE, all config);
+- ``reward_model``: a Bradley-Terry reward model's score of the (prompt, response) chat, a
+  model version of its own kind trained on preference pairs (RLHF; its scorer is
+  ``srlm.models.reward_model``, since this module holds no model).
 
 A source that cannot score a candidate (no parsed judgment; a prompt without a verification)
 is absent rather than zero, so it does not pull the weighted sum towards zero.
@@ -22,7 +25,7 @@ from typing import Literal, Mapping, Sequence
 
 from srlm.recipe.evalsets import EvalPrompt, IFEvalSpec, ifeval_results
 
-SOURCES = ("self_judge", "verifier")
+SOURCES = ("self_judge", "verifier", "reward_model")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""One training round, SFT or DPO: a base version and rows in, a published version out.
+"""One training round (SFT, DPO, GRPO, a reward model): a base version and rows in, a published version out.
 
 What both stages share lives here: idempotent replay (a published ``out_version`` is returned
 without training), the training set stored beside the models, checkpoints in ``work_dir`` and
@@ -102,14 +102,16 @@ def training_dataset(examples: list[dict], output_dir: Path) -> Dataset:
         return load_from_disk(path)
 
 
-def load_model(model_dir: Path, cfg: TrainingSection) -> tuple[PreTrainedModel, Any]:
-    """The model to train (fp32 weights, the config's dropout) and its tokenizer."""
+def load_model(model_dir: Path, cfg: TrainingSection, auto_class=AutoModelForCausalLM,
+               **model_kwargs) -> tuple[PreTrainedModel, Any]:
+    """The model to train (fp32 weights, the config's dropout) and its tokenizer; ``auto_class``
+    and ``model_kwargs`` for another head (the reward model's one-output classifier)."""
     config = AutoConfig.from_pretrained(model_dir)
     dropout = {name: cfg.dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
     if cfg.dropout and not dropout:
         log.warning("%s has none of the dropout fields %s: training without dropout", config.model_type,
                     DROPOUT_FIELDS)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **dropout)
+    model = auto_class.from_pretrained(model_dir, dtype=torch.float32, **dropout, **model_kwargs)
     if cfg.gradient_checkpointing:
         keep_every_n_layers(model, cfg.gradient_checkpointing_every_n_layers)
     return model, AutoTokenizer.from_pretrained(model_dir)
@@ -145,14 +147,15 @@ def set_logprob_tile(cfg: TrainingSection) -> None:
     trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = cfg.logprob_tile
 
 
-def lora_config(cfg: TrainingSection):
-    """A peft LoraConfig when ``use_lora``; merged into the weights before publishing."""
+def lora_config(cfg: TrainingSection, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig when ``use_lora``; merged into the weights before publishing. For
+    ``SEQ_CLS`` peft also trains the new classification head in full."""
     if not cfg.use_lora:
         return None
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+                      target_modules=cfg.lora_target_modules, task_type=task_type)
 
 
 class ProgressCallback(TrainerCallback):
@@ -349,13 +352,17 @@ def train_and_publish(store: ModelStore, *, kind: str, base_version: str, out_ve
         log.warning("%d of %d examples do not fit max_length %d and are not trained on",
                     dropped, len(examples), cfg.max_length)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    # Figures a trainer measures once trained (the reward model's held-out accuracy); every rank
+    # computes them, since a sharded model's forward is a collective.
+    final_metrics = trainer.final_metrics() if hasattr(trainer, "final_metrics") else {}
     accelerator = trainer.accelerator
     # Under FSDP / ZeRO-3 the full weights exist only once gathered: a collective of every rank.
     state_dict = accelerator.get_state_dict(trainer.model) if accelerator.num_processes > 1 else None
     manifest = None
     if accelerator.is_main_process:
         metrics = summarize(trainer, result.metrics, progress, summary_keys)
-        metrics.update(examples=float(len(examples)), examples_dropped=float(dropped), **(data_metrics or {}))
+        metrics.update(examples=float(len(examples)), examples_dropped=float(dropped), **(data_metrics or {}),
+                       **final_metrics)
         extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
                  "world_size": accelerator.num_processes,
                  "log_history": step_logs(trainer.state.log_history),

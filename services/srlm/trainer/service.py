@@ -10,9 +10,11 @@ checkpoint, or finds its version already published and only announces it again.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 from srlm.config import SRLMConfig
 from srlm.models.store import ModelStore
@@ -21,6 +23,7 @@ from srlm.runtime.pipeline import StageWorker, read_topic
 from srlm.runtime.records import meta, model_version_record
 from srlm.runtime.runconfig import from_yaml
 from srlm.runtime.server import ServiceHandle, start_grpc_server
+from srlm.trainer.data import TrainingDataError
 from srlm.trainer.sft_data import build_sft_rows
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
@@ -49,9 +52,35 @@ def dpo_rows(config: SRLMConfig, run_id: str, iteration: int, pair_ids: list[str
     missing = wanted - set(found)
     if missing:
         raise MissingPairs(f"{len(missing)} of {len(wanted)} pairs not found on srlm.pairs, e.g. {sorted(missing)[:3]}")
-    return [{"pair_id": p.meta.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-             "chosen_score": p.chosen_score, "rejected_score": p.rejected_score}
-            for p in (found[i] for i in sorted(found))]
+    return [pair_row(found[i]) for i in sorted(found)]
+
+
+def pair_row(p: records_pb2.PreferencePair) -> dict:
+    """A ``srlm.pairs`` record as a training row (trainer/data.py's pair format)."""
+    return {"pair_id": p.meta.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+            "chosen_score": p.chosen_score, "rejected_score": p.rejected_score}
+
+
+def run_pair_rows(config: SRLMConfig, run_id: str) -> list[dict]:
+    """Every pair a run kept (the judge puts only kept pairs on ``srlm.pairs``), each once, in id
+    order, over all its iterations: a reward model's training set."""
+    found: dict[str, records_pb2.PreferencePair] = {}
+    for pair in read_topic(config, "pairs"):
+        if pair.meta.run_id == run_id:
+            found.setdefault(pair.meta.id, pair)  # a replayed duplicate is the same pair
+    return [pair_row(found[i]) for i in sorted(found)]
+
+
+def pair_file_rows(path: Path) -> list[dict]:
+    """Pair rows from a JSONL file (``{"pair_id", "prompt", "chosen", "rejected"}`` a line)."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise TrainingDataError(f"{path}:{n}: not JSON ({err})") from None
+    return rows
 
 
 def grpo_rows(config: SRLMConfig, run_id: str, iteration: int, group_ids: list[str],
@@ -222,4 +251,25 @@ def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int
     publisher.flush()
     publisher.close()
     print(record.version_id)
+    return 0
+
+
+def train_reward_model_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
+    """``srlm train-reward-model``: a reward model from a pair file or a run's kept pairs, published
+    in the store (idempotent: a published ``--out-version`` is left as it is). Its manifest names no
+    run: it is a reward source, not a version of the run's model lineage."""
+    from srlm.runtime.tracking import training_callbacks
+    from srlm.trainer.reward_model import train_reward_model
+
+    rows = pair_file_rows(args.pairs) if args.pairs else run_pair_rows(config, args.run)
+    if not rows:
+        raise TrainingDataError(f"no pairs in {args.pairs}" if args.pairs else f"run {args.run!r} has no kept "
+                                f"pairs on {config.kafka.topic_prefix}.pairs")
+    store = ModelStore(config.model_store.root)
+    manifest = train_reward_model(store, args.base_version, args.out_version, rows, config.reward_model,
+                                  work_dir=store.checkpoints_dir / args.out_version, seed=config.run.seed,
+                                  callbacks=training_callbacks(config, args.run, args.out_version))
+    accuracy = manifest.metrics.get("held_out_accuracy")
+    print(f"{manifest.version_id}: {len(rows)} pairs, held-out accuracy "
+          f"{'-' if accuracy is None else f'{accuracy:.3f}'} on {manifest.metrics.get('pairs_held_out', 0):.0f} pairs")
     return 0

@@ -31,6 +31,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_SFT: _ClassVar[ModelKind]
     MODEL_KIND_DPO: _ClassVar[ModelKind]
     MODEL_KIND_GRPO: _ClassVar[ModelKind]
+    MODEL_KIND_REWARD_MODEL: _ClassVar[ModelKind]
 
 class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -75,6 +76,7 @@ MODEL_KIND_BASE: ModelKind
 MODEL_KIND_SFT: ModelKind
 MODEL_KIND_DPO: ModelKind
 MODEL_KIND_GRPO: ModelKind
+MODEL_KIND_REWARD_MODEL: ModelKind
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_PUBLISHED: ModelStatus
 MODEL_STATUS_PROMOTED: ModelStatus

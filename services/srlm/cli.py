@@ -7,6 +7,7 @@
     srlm models import-smollm2                    # M0 into the model store
     srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
+    srlm inspect group GROUP_ID                   # a scored candidate group: rewards by source, advantages
     srlm train sft|dpo|grpo --run-id R --iteration I --base-version V --out-version W   # a training Job
     srlm train-reward-model --pairs FILE.jsonl | --run RUN_ID --base-version V --out-version W
     srlm kafka-acls [--format strimzi]            # each service's Kafka ACLs, for a secured cluster
@@ -154,9 +155,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from srlm.console import inspect_pair
+    from srlm.console import inspect_group, inspect_pair
 
-    return inspect_pair(_config(args), args.pair_id)
+    return (inspect_pair if args.what == "pair" else inspect_group)(_config(args), args.id)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -238,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = with_config(sub.add_parser("inspect", help="provenance of a record"))
-    p.add_argument("what", choices=["pair"])
-    p.add_argument("pair_id")
+    p.add_argument("what", choices=["pair", "group"], help="a preference pair (DPO) or a scored candidate "
+                                                          "group (GRPO: rewards by source, advantages)")
+    p.add_argument("id", help="the pair id, or the group's (candidate set's) id")
     p.set_defaults(func=cmd_inspect)
 
     p = with_config(sub.add_parser("train", help="one training round (what a Kubernetes Job runs)"))

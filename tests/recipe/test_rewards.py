@@ -9,8 +9,8 @@ import pytest
 from srlm.config import parse_config
 from srlm.controller.tracker import IterationView
 from srlm.judge.stage import add_rewards
-from srlm.recipe.rewards import (LabelRewards, RewardMix, Verification, ifeval_reward, label_reward, read_label,
-                                 verifier_reward)
+from srlm.recipe.rewards import (LabelRewards, RewardMix, Verification, group_advantages, ifeval_reward,
+                                 label_reward, read_label, verifier_reward)
 from srlm.v1 import records_pb2
 
 SENTIMENT = Verification(label="positive", labels=("positive", "negative", "neutral"))
@@ -145,3 +145,13 @@ def test_promptgen_attaches_the_verification_to_the_prompt_record():
     verification = Verification.from_record(prompt.verification)
     assert len(verification.instruction_ids) == 2
     assert verifier_reward(verification, prompt.text, "") == 0.0  # an empty answer follows nothing
+
+
+def test_group_advantages_by_hand():
+    # rewards 1, 2, 3, 6: mean 3, unbiased std sqrt((4 + 1 + 0 + 9) / 3) = 2.1602
+    std = (14 / 3) ** 0.5 + 1e-4
+    assert group_advantages([1.0, 2.0, 3.0, 6.0]) == pytest.approx([-2 / std, -1 / std, 0.0, 3 / std])
+    assert group_advantages([1.0, None, 3.0]) == pytest.approx([-1 / (2 ** 0.5 + 1e-4), None, 1 / (2 ** 0.5 + 1e-4)])
+    assert group_advantages([1.0, 3.0], scale="none") == [-1.0, 1.0]
+    assert group_advantages([2.0, 2.0]) == [0.0, 0.0]
+    assert group_advantages([2.0, None]) == [0.0, None]

@@ -126,3 +126,16 @@ class RewardMix:
         """Weighted sum of the sources that scored; None when none of the used ones did."""
         scored = [(self.weights[s], v) for s, v in values.items() if self.uses(s) and v is not None]
         return sum(w * v for w, v in scored) if scored else None
+
+
+def group_advantages(rewards: Sequence[float | None], scale: Literal["group", "none"] = "group",
+                     eps: float = 1e-4) -> list[float | None]:
+    """GRPO's advantage of each candidate of one group, as TRL computes it: the reward minus the
+    group's mean, divided by the group's (unbiased) standard deviation + ``eps``; an unscored
+    candidate has none and is left out of the mean (for ``srlm inspect group``)."""
+    scored = [r for r in rewards if r is not None]
+    if len(scored) < 2:
+        return [None if r is None else 0.0 for r in rewards]
+    mean = sum(scored) / len(scored)
+    std = (sum((r - mean) ** 2 for r in scored) / (len(scored) - 1)) ** 0.5
+    return [None if r is None else (r - mean) / (std + eps if scale == "group" else 1.0) for r in rewards]

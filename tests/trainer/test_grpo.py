@@ -105,6 +105,7 @@ def test_grpo_round_publishes_a_version_with_its_reward_metrics(m0, groups, tmp_
     manifest = train_grpo(store, base.version_id, "trainer-grpo-m2", groups, tiny(use_lora=lora, learning_rate=1e-4),
                           run_id="t-grpo", iteration=2, work_dir=tmp_path / "w", seed=11)
     assert manifest.extra["lora_merged"] is lora  # a LoRA round publishes the merged full model
+    assert manifest.metrics["train_tokens"] > 0  # GRPO's own count of prompt + completion tokens
     assert (manifest.parent_id, manifest.kind, manifest.iteration) == ("m0", "grpo", 2)
     assert store.get_dataset(manifest.training_data) == groups
     assert [h["step"] for h in manifest.extra["log_history"]] == [1, 2]

@@ -22,7 +22,7 @@ from srlm.trainer.dpo import REWARD_METRICS, train_dpo
 from srlm.trainer.sft import build_sft_trainer, train_sft
 from tests.trainer import dpo_job
 from tests.trainer.rows import PAIRS, SFT_ROWS
-from tests.fixtures.tracking import closed_port, items, srlm_runs, wandb_records
+from tests.fixtures.tracking import closed_port, items, offline_wandb, srlm_runs, wandb_records
 
 pytestmark = pytest.mark.model
 
@@ -115,8 +115,7 @@ def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path, monkeypatch)
     store, base = m0
     progress = Progress()
     monkeypatch.chdir(tmp_path)  # MLflow's artifacts of a sqlite store: ./mlruns
-    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
-        monkeypatch.setenv(name, value)
+    offline_wandb(monkeypatch, tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = SRLMConfig(tracking={"dir": tmp_path / "tb", "report_to": ["mlflow", "wandb"], "mlflow": {"tracking_uri": uri}})
     manifest = train_dpo(store, base.version_id, "trainer-dpo-m2", PAIRS, tiny(DPOConfig), run_id="t-dpo", iteration=2,

@@ -20,7 +20,7 @@ from srlm.config import ConfigError, SRLMConfig, parse_config
 from srlm.models.store import ModelStore
 from srlm.runtime.runconfig import to_yaml
 from srlm.runtime.tracking import RunLog, wandb_run_id
-from tests.fixtures.tracking import closed_port, items, srlm_runs, wandb_records
+from tests.fixtures.tracking import closed_port, items, offline_wandb, srlm_runs, wandb_records
 
 def tracking_config(tmp_path: Path, report_to: str, **extra) -> SRLMConfig:
     return SRLMConfig(model_store={"root": tmp_path / "store"}, kafka={"sasl_plain_password": "hunter2"},
@@ -186,9 +186,7 @@ def test_a_tracker_that_is_not_installed_is_refused_at_start_up_naming_the_field
 
 
 def test_wandb_one_run_per_srlm_run_resumed_by_every_process(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    offline_wandb(monkeypatch, tmp_path)
     config = tracking_config(tmp_path, "wandb")
     store = ModelStore(config.model_store.root)
     publish(store, "r1.m0", None, 0, "base")

@@ -8,7 +8,8 @@ Where the table comes from (tests/bus/test_kafka_security.py checks it against t
 - stage services run ``StageWorker(service, config, <input>, handler)`` (``runtime/pipeline.py``):
   consumer group ``<prefix>-<service>``, transactional ids ``<prefix>-<service>.<instance>``
   (``bus/worker.py``), the handler's outputs, and dead letters for poisonous inputs;
-- the trainer also reads ``pairs`` (its training set) and, as a Job (``srlm train``), reads
+- the trainer also reads its training set (``pairs`` for DPO, ``judgments`` and ``candidates`` for
+  GRPO) and, as a Job (``srlm train``), reads
   ``commands`` and publishes ``models``;
 - the controller follows ``controller.service.FOLLOWED`` outside any group and publishes
   commands, run state, events and promoted models (``controller/driver.py``). It also creates
@@ -39,7 +40,8 @@ BUS_USE: dict[str, BusUse] = {
     "promptgen": BusUse(consumes="commands", produces=("prompts", "events", DEAD)),
     "sampler": BusUse(consumes="prompts", produces=("candidates", DEAD)),
     "judge": BusUse(consumes="candidates", produces=("judgments", "pairs", DEAD)),
-    "trainer": BusUse(consumes="commands", produces=("models", DEAD), reads=("pairs", "commands")),
+    "trainer": BusUse(consumes="commands", produces=("models", DEAD),
+                      reads=("pairs", "judgments", "candidates", "commands")),
 }
 
 

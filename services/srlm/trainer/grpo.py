@@ -93,6 +93,9 @@ def build_grpo_trainer(model_dir: Path, examples: list[dict], groups: dict[str, 
         raise TrainingDataError(f"grpo.batch_size {cfg.batch_size} is not a whole number of groups of {group_size}")
     common = training_arguments(cfg, output_dir=output_dir, seed=seed)
     common.pop("max_length")  # GRPO bounds the completion, which the sampler already did
+    # GRPO counts its prompt and completion tokens itself (num_input_tokens_seen); the Trainer's
+    # count looks for input_ids, which a GRPO batch has not
+    common["include_num_input_tokens_seen"] = "no"
     args = TRLGRPOConfig(
         **common, num_generations=group_size, temperature=temperature or 1.0,
         max_completion_length=max(len(c["token_ids"]) or 1 for g in groups.values() for c in g),

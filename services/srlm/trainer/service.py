@@ -91,11 +91,14 @@ def grpo_rows(config: SRLMConfig, run_id: str, iteration: int, group_ids: list[s
     judged: dict[str, records_pb2.JudgmentSet] = {}
     sampled: dict[str, records_pb2.CandidateSet] = {}
     deadline = time.monotonic() + timeout_s
-    while True:
-        for topic, found in (("judgments", judged), ("candidates", sampled)):
-            for record in read_topic(config, topic):
-                if record.meta.run_id == run_id and record.meta.iteration == iteration and record.meta.id in wanted:
-                    found.setdefault(record.meta.id, record)  # a replayed duplicate is the same record
+    def listed(record) -> bool:
+        return record.meta.run_id == run_id and record.meta.iteration == iteration and record.meta.id in wanted
+
+    while True:  # a replayed duplicate is the same record: the first one stays
+        for record in filter(listed, read_topic(config, "judgments")):
+            judged.setdefault(record.meta.id, record)
+        for record in filter(listed, read_topic(config, "candidates")):
+            sampled.setdefault(record.meta.id, record)
         if (len(judged) == len(sampled) == len(wanted)) or time.monotonic() > deadline:
             break
         time.sleep(1.0)

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 from srlm.config import SRLMConfig
 from srlm.models.store import ModelStore
@@ -32,26 +33,36 @@ TRAIN_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KI
                records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo"}
 
 
-class MissingPairs(RuntimeError):
-    """Some pairs of the command are not on srlm.pairs yet (retried by the worker)."""
+class MissingRecords(RuntimeError):
+    """Some records the command lists (pairs, scored groups) are not on the bus yet (retried by the worker)."""
+
+
+def awaited_records(reads: dict[str, Callable[[], Iterable]], run_id: str, iteration: int, wanted: set[str],
+                    timeout_s: float) -> dict[str, dict]:
+    """Per topic, its records of the iteration whose ids are ``wanted``, each once (a replayed
+    duplicate is the same record: the first stays), the topics read again until every one is
+    there or ``timeout_s`` has passed."""
+    found: dict[str, dict] = {name: {} for name in reads}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for name, read in reads.items():
+            for record in read():
+                if record.meta.run_id == run_id and record.meta.iteration == iteration and record.meta.id in wanted:
+                    found[name].setdefault(record.meta.id, record)
+        if all(len(f) == len(wanted) for f in found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
 
 
 def dpo_rows(config: SRLMConfig, run_id: str, iteration: int, pair_ids: list[str],
              timeout_s: float = 120.0) -> list[dict]:
     """The iteration's training set: each listed pair once, in id order."""
     wanted = set(pair_ids)
-    found: dict[str, records_pb2.PreferencePair] = {}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for pair in read_topic(config, "pairs"):
-            if pair.meta.run_id == run_id and pair.meta.iteration == iteration and pair.meta.id in wanted:
-                found.setdefault(pair.meta.id, pair)  # a replayed duplicate is the same pair
-        if len(found) == len(wanted) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    found = awaited_records({"pairs": lambda: read_topic(config, "pairs")}, run_id, iteration, wanted,
+                            timeout_s)["pairs"]
     missing = wanted - set(found)
     if missing:
-        raise MissingPairs(f"{len(missing)} of {len(wanted)} pairs not found on srlm.pairs, e.g. {sorted(missing)[:3]}")
+        raise MissingRecords(f"{len(missing)} of {len(wanted)} pairs not found on srlm.pairs, e.g. {sorted(missing)[:3]}")
     return [pair_row(found[i]) for i in sorted(found)]
 
 
@@ -88,23 +99,13 @@ def grpo_rows(config: SRLMConfig, run_id: str, iteration: int, group_ids: list[s
     """The iteration's scored groups: each listed judgment set once, in id order, joined with its
     candidate set (texts, tokens, the sampler's log-probs) on the candidate ids."""
     wanted = set(group_ids)
-    judged: dict[str, records_pb2.JudgmentSet] = {}
-    sampled: dict[str, records_pb2.CandidateSet] = {}
-    deadline = time.monotonic() + timeout_s
-    def listed(record) -> bool:
-        return record.meta.run_id == run_id and record.meta.iteration == iteration and record.meta.id in wanted
-
-    while True:  # a replayed duplicate is the same record: the first one stays
-        for record in filter(listed, read_topic(config, "judgments")):
-            judged.setdefault(record.meta.id, record)
-        for record in filter(listed, read_topic(config, "candidates")):
-            sampled.setdefault(record.meta.id, record)
-        if (len(judged) == len(sampled) == len(wanted)) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    found = awaited_records({"judgments": lambda: read_topic(config, "judgments"),
+                             "candidates": lambda: read_topic(config, "candidates")},
+                            run_id, iteration, wanted, timeout_s)
+    judged, sampled = found["judgments"], found["candidates"]
     missing = wanted - (set(judged) & set(sampled))
     if missing:
-        raise MissingPairs(f"{len(missing)} of {len(wanted)} scored groups not found on srlm.judgments and "
+        raise MissingRecords(f"{len(missing)} of {len(wanted)} scored groups not found on srlm.judgments and "
                            f"srlm.candidates, e.g. {sorted(missing)[:3]}")
     rows = []
     for group_id in sorted(wanted):

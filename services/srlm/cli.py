@@ -86,7 +86,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in store.list(args.run):
         status, reason = store.status(m.version_id)
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(m.metrics.items())[:6])
-        print(f"{m.version_id:24} {m.kind:5} parent={m.parent_id or '-':20} {status:11} {metrics} {reason}")
+        kind = f"{m.kind} (adapter on {m.extra['adapter_base']})" if m.extra.get("adapter_base") else m.kind
+        print(f"{m.version_id:24} {kind:5} parent={m.parent_id or '-':20} {status:11} {metrics} {reason}")
         summary = evaluations.latest_summary(m.version_id)
         if summary:  # the last evaluation's headline figures (srlm eval shows them all)
             shown = [f"{k}={e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" for k, e in summary["metrics"].items()

@@ -129,6 +129,9 @@ class EngineConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     enforce_eager: bool = True
+    max_lora_rank: int = Field(
+        64, ge=1, description="vLLM's largest adapter rank (started with LoRA when it serves an adapter version): "
+                              "an adapter version's rank is the sum of its rounds' lora_r")
     seed: int = Field(0, description="vLLM engine seed (on CPU vLLM takes no per-request seed)")
     vllm_multiprocessing: bool | None = Field(
         None, description="vLLM engine core in a process of its own; None: on GPU only (a reload then surely "
@@ -275,9 +278,15 @@ class TrainingSection(Section):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    lora_publish: Literal["merged", "adapter"] = Field(
+        "merged", description="with use_lora: 'merged', a full folder; 'adapter', the adapter alone, a version whose "
+                              "manifest names its full base version; engines switch between adapters of one base "
+                              "without reloading it (its rank grows by lora_r a round: vLLM's engine.max_lora_rank)")
 
     @model_validator(mode="after")
     def _check_schedule_and_batch(self) -> "TrainingSection":
+        if self.lora_publish == "adapter" and not self.use_lora:
+            raise ValueError("lora_publish: 'adapter' needs use_lora: true")
         if self.final_learning_rate >= self.learning_rate:
             raise ValueError(f"final_learning_rate ({self.final_learning_rate}) must be below "
                              f"learning_rate ({self.learning_rate})")
@@ -352,6 +361,7 @@ class RewardModelConfig(TrainingSection):
         0.1, ge=0, lt=1, description="pairs held out of training (chosen by a hash of pair id and seed); the "
                                      "model's pairwise accuracy on them goes in its manifest (held_out_accuracy)")
     score_batch_size: int = Field(16, ge=1, description="sequences scored together (held-out pairs; the judge)")
+    lora_publish: Literal["merged"] = Field("merged", description="always merged: the new head is trained in full")
 
 
 class RewardsConfig(Section):

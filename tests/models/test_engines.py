@@ -16,6 +16,7 @@ from srlm.config import EngineConfig
 from srlm.models.engines import GenerationEngine, SamplingParams, create_engine
 from srlm.models.engines.base import truncate_at_stop
 from srlm.models.engines.hf import TransformersEngine
+from tests.models.conftest import ADAPTERS
 
 pytestmark = pytest.mark.model
 
@@ -153,6 +154,48 @@ def test_failed_reload_keeps_serving_the_previous_version(engine: GenerationEngi
         engine.load(broken, "broken")
     assert engine.version_id == "m0"
     assert greedy(engine, max_tokens=6) == before
+
+
+def served_weights(engine: GenerationEngine) -> int:
+    """Identity of what holds the base weights: the transformers model under the adapter, or the
+    vLLM engine."""
+    from peft import PeftModel
+
+    if isinstance(engine, TransformersEngine):
+        return id(engine.model.get_base_model() if isinstance(engine.model, PeftModel) else engine.model)
+    return id(engine.llm)
+
+
+def test_adapter_versions_switch_without_reloading_the_base(engine: GenerationEngine, m0, m0_adapters):
+    """An adapter version is M0 + its LoRA: the same next-token probabilities as the merged
+    folder; switching between adapters of M0, and back to M0, reloads nothing."""
+    store, _ = m0
+    capital = CONVERSATIONS[0]
+    rows = [(capital, "The capital of France is"), (CONVERSATIONS[1], "Red, green and")]
+    choices = (" Paris", " London", " blue", " yellow")
+
+    def probabilities() -> list[float]:
+        return [q for row in engine.choice_probabilities([c for c, _ in rows], [p for _, p in rows], choices)
+                for q in row]
+
+    plain, plain_probs = greedy(engine), probabilities()
+    served = {}
+    for n, adapter in enumerate(m0_adapters):
+        engine.load_adapter(store.path("m0"), "m0", store.path(adapter.version_id), adapter.version_id)
+        assert engine.version_id == adapter.version_id
+        if n == 0:
+            weights = served_weights(engine)  # vLLM restarts once, with LoRA enabled
+        assert served_weights(engine) == weights, "switching adapters reloaded the base"
+        served[adapter.version_id] = greedy(engine), probabilities()
+    assert served[ADAPTERS[0]][0] != plain and served[ADAPTERS[1]][0] != served[ADAPTERS[0]][0], served
+    engine.load(store.path("m0"), "m0")  # the base itself, the adapter dropped
+    assert served_weights(engine) == weights and engine.version_id == "m0"
+    assert greedy(engine) == plain
+    assert probabilities() == pytest.approx(plain_probs, abs=1e-3)
+    for version, (_, probs) in served.items():
+        engine.load(store.path(f"{version}-merged"), f"{version}-merged")
+        assert probabilities() == pytest.approx(probs, abs=0.03), version
+    engine.load(store.path("m0"), "m0")
 
 
 def test_bad_requests_are_value_errors(engine: GenerationEngine):

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# manifest.extra key of an adapter version (a PEFT LoRA adapter only): the full version it applies to
+ADAPTER_BASE = "adapter_base"
 KINDS = ("base", "sft", "dpo", "grpo", "reward_model")
 STATUSES = ("published", "promoted", "rejected", "rolled_back")
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -255,6 +257,10 @@ class ModelStore:
             return Manifest.from_json(text)
         except (ValueError, TypeError) as err:
             raise CorruptVersion(f"model version {version_id!r}: unreadable {path}: {err}") from None
+
+    def adapter_base(self, version_id: str) -> str | None:
+        """The full version that the adapter version ``version_id`` applies to; None for a full version."""
+        return self.get(version_id).extra.get(ADAPTER_BASE)
 
     def manifest_sha256(self, version_id: str) -> str:
         """sha256 of the manifest file: one hash that pins every file of the version."""

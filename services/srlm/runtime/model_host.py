@@ -34,6 +34,7 @@ class ModelHost:
         self._engine = engine
         self._lock = threading.RLock()
         self.version_id: str | None = None
+        self.base_id: str | None = None  # the full version loaded: version_id, or an adapter version's base
         self.on_load: list[Callable[[str], None]] = []  # e.g. health: SERVING once a model is loaded
         self.instance = f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
         self._spans = threading.local()  # (start, end) wall times of the engine calls inside work()
@@ -52,10 +53,15 @@ class ModelHost:
             if version_id == self.version_id:
                 return 0.0
             path = self.store.path(version_id, verify=True)
+            base = self.store.adapter_base(version_id)
             start = time.perf_counter()
-            self._get_engine().load(path, version_id)
+            if base:  # an adapter version: a base already loaded is neither read nor checked again
+                base_path = self.store.path(base, verify=base != self.base_id)
+                self._get_engine().load_adapter(base_path, base, path, version_id)
+            else:
+                self._get_engine().load(path, version_id)
             seconds = time.perf_counter() - start
-            self.version_id = version_id
+            self.version_id, self.base_id = version_id, base or version_id
         metrics.MODEL_LOAD_SECONDS.labels(self.service).observe(seconds)
         metrics.MODEL_VERSION.info({"service": self.service, "version": version_id})
         log.info("%s: serving %s (loaded in %.1fs)", self.service, version_id, seconds)
@@ -132,4 +138,4 @@ class ModelHost:
             if self._engine is not None:
                 self._engine.close()
                 self._engine = None
-            self.version_id = None
+            self.version_id = self.base_id = None

@@ -24,7 +24,8 @@ from datasets import Dataset, load_from_disk
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 
 from srlm.config import TrainingSection
-from srlm.models.store import Manifest, ModelStore
+from srlm.models.adapters import ADAPTER_CONFIG, adapter_config, concat_adapters, merge_into_folder
+from srlm.models.store import ADAPTER_BASE, Manifest, ModelStore
 from srlm.runtime import metrics as prom
 from srlm.trainer.schedule import gradient_accumulation_steps, lr_scheduler_args
 
@@ -36,6 +37,7 @@ JOB_FILE = "srlm-job.json"
 SPEC_FILE = "srlm-round.json"
 PROGRESS_FILE = "srlm-progress.jsonl"
 SHARED_DATA_DIR = "train-data"
+MERGED_PARENT_DIR = "parent-merged"  # an adapter parent's merged weights (merged_parent)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Per-step metrics in the manifest are the mean of the last logged steps, not one noisy step.
 SUMMARY_LOGS = 10
@@ -232,7 +234,8 @@ def clear_work_dir(work_dir: Path) -> None:
     for path in work_dir.glob("checkpoint-*"):
         if CHECKPOINT_RE.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(work_dir / SHARED_DATA_DIR, ignore_errors=True)
+    for name in (SHARED_DATA_DIR, MERGED_PARENT_DIR):
+        shutil.rmtree(work_dir / name, ignore_errors=True)
     for name in ("README.md", SPEC_FILE, PROGRESS_FILE, JOB_FILE):
         (work_dir / name).unlink(missing_ok=True)
     try:
@@ -257,6 +260,37 @@ def save_trained_model(trainer: Trainer, model_dir: Path, out_dir: Path, state_d
             setattr(model.config, name, getattr(base, name))
     model.save_pretrained(out_dir, state_dict=state_dict)
     trainer.processing_class.save_pretrained(out_dir)
+
+
+def save_adapter(trainer: Trainer, out_dir: Path, parent_adapter: Path | None, base_id: str) -> None:
+    """The trained LoRA adapter alone, applying to the full version ``base_id``: when the round
+    started from an adapter version (``parent_adapter``), that adapter and this one combined."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if parent_adapter is None:
+        model.save_pretrained(out_dir)
+        config = adapter_config(out_dir)
+        (out_dir / ADAPTER_CONFIG).write_text(json.dumps(dict(config, base_model_name_or_path=base_id), indent=2))
+    else:
+        new = out_dir / ".round-adapter"
+        model.save_pretrained(new)
+        concat_adapters(parent_adapter, new, out_dir, base_name=base_id)
+        shutil.rmtree(new)
+    trainer.processing_class.save_pretrained(out_dir)
+
+
+def merged_parent(store: ModelStore, version: str, base: str, work_dir: Path) -> Path:
+    """A full folder of the adapter version ``version`` merged into its base, kept in the work dir
+    (a resumed round reuses it; every rank of a round may write it, the first rename wins)."""
+    final = work_dir / MERGED_PARENT_DIR
+    if not final.is_dir():
+        staged = work_dir / f".{MERGED_PARENT_DIR}.{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        merge_into_folder(store.path(base), store.path(version), staged)
+        try:
+            os.rename(staged, final)
+        except OSError:  # another rank was first
+            shutil.rmtree(staged, ignore_errors=True)
+    return final
 
 
 def summarize(trainer: Trainer, train_metrics: dict[str, float], progress: ProgressCallback,
@@ -345,6 +379,9 @@ def train_and_publish(store: ModelStore, *, kind: str, base_version: str, out_ve
     log.info("%s %s -> %s on %d examples%s", kind.upper(), base_version, out_version, len(examples),
              f", resuming from {checkpoint.name}" if checkpoint else "")
     model_dir = store.path(base_version)  # checksums verified
+    adapter_of = store.adapter_base(base_version)
+    if adapter_of:  # an adapter version: train from its merged weights
+        model_dir = merged_parent(store, base_version, adapter_of, work_dir)
     progress = ProgressCallback(progress_cb, version=out_version)
     trainer = build_trainer(model_dir, examples, output_dir=work_dir, seed=seed, callbacks=[progress, *callbacks])
     dropped = len(examples) - len(trainer.train_dataset)
@@ -363,13 +400,19 @@ def train_and_publish(store: ModelStore, *, kind: str, base_version: str, out_ve
         metrics = summarize(trainer, result.metrics, progress, summary_keys)
         metrics.update(examples=float(len(examples)), examples_dropped=float(dropped), **(data_metrics or {}),
                        **final_metrics)
-        extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora,
+        as_adapter = cfg.use_lora and cfg.lora_publish == "adapter"
+        extra = {"config": cfg.model_dump(mode="json"), "seed": seed, "lora_merged": cfg.use_lora and not as_adapter,
                  "world_size": accelerator.num_processes,
                  "log_history": step_logs(trainer.state.log_history),
                  "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
                               "torch": torch.__version__}}
+        if as_adapter:
+            extra[ADAPTER_BASE] = adapter_of or base_version
         with store.staging(out_version) as staged:
-            save_trained_model(trainer, model_dir, staged, state_dict)
+            if as_adapter:
+                save_adapter(trainer, staged, store.path(base_version) if adapter_of else None, extra[ADAPTER_BASE])
+            else:
+                save_trained_model(trainer, model_dir, staged, state_dict)
             manifest = store.publish(staged, version_id=out_version, parent_id=base_version, run_id=run_id,
                                      iteration=iteration, kind=kind, training_data=dataset,
                                      training_data_sha256=data_sha256, metrics=metrics, extra=extra)

@@ -104,6 +104,11 @@ class GenerationEngine(ABC):
     def load(self, model_dir: Path, version_id: str) -> None:
         """Load the Hugging Face folder ``model_dir``; called again to switch to another version."""
 
+    def load_adapter(self, base_dir: Path, base_id: str, adapter_dir: Path, version_id: str) -> None:
+        """Serve the adapter version ``version_id``: the full version ``base_id`` (loaded only if it
+        is not the one loaded now) with the PEFT adapter in ``adapter_dir`` on it."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve adapter versions")
+
     @abstractmethod
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[GenerationResult]:
         """One result per conversation, each with ``params.n`` completions (chat template applied)."""

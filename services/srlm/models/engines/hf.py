@@ -216,29 +216,50 @@ class TransformersEngine(GenerationEngine):
         self.device = _resolve_device(cfg.device)
         self.model = None
         self.tokenizer = None
-        self.model_dir: Path | None = None
         self.version_id: str | None = None
+        self._served: tuple | None = None  # (base dir, base id, adapter dir or None, version id)
         self._lock = threading.Lock()  # one generate/load at a time (gRPC and Kafka threads share it)
 
     def load(self, model_dir: Path, version_id: str) -> None:
-        """Free the current version, then load ``model_dir``: never two models in memory.
+        """Free the current version, then load ``model_dir``: never two models in memory (the
+        base of the adapter served now is not loaded again).
 
         If the new version fails to load, the previous one is loaded again and the error raised.
         """
-        with self._lock:
-            previous = (self.model_dir, self.version_id)
-            self._unload()
-            try:
-                self._load(Path(model_dir), version_id)
-            except Exception:
-                if previous[1] is not None:
-                    log.exception("loading %s failed; serving %s again", version_id, previous[1])
-                    self._load(*previous)
-                raise
-        log.info("transformers engine serving %s from %s on %s (%s)", version_id, model_dir, self.device,
-                 self.cfg.dtype)
+        self._switch(Path(model_dir), version_id, None, version_id)
 
-    def _load(self, model_dir: Path, version_id: str) -> None:
+    def load_adapter(self, base_dir: Path, base_id: str, adapter_dir: Path, version_id: str) -> None:
+        """The adapter on the loaded base, unmerged (PEFT): switching adapters reloads nothing."""
+        self._switch(Path(base_dir), base_id, Path(adapter_dir), version_id)
+
+    def _switch(self, *served) -> None:
+        with self._lock:
+            previous = self._served
+            try:
+                self._serve(*served)
+            except Exception:
+                self._unload()  # a failed adapter load may have left layers injected into the base
+                if previous is not None:
+                    log.exception("loading %s failed; serving %s again", served[-1], previous[-1])
+                    self._serve(*previous)
+                raise
+        log.info("transformers engine serving %s from %s on %s (%s)", served[-1], served[2] or served[0],
+                 self.device, self.cfg.dtype)
+
+    def _serve(self, base_dir: Path, base_id: str, adapter_dir: Path | None, version_id: str) -> None:
+        from srlm.models.adapters import load_with_adapter
+
+        if self._served is None or self._served[1] != base_id:
+            self._unload()
+            self._load(base_dir)
+        elif self._served[2] is not None:
+            self.model = self.model.unload()  # the base without the adapter served before (not merged)
+        self._served, self.version_id = (base_dir, base_id, None, base_id), base_id
+        if adapter_dir is not None:
+            self.model = load_with_adapter(self.model, adapter_dir).eval()
+            self._served, self.version_id = (base_dir, base_id, adapter_dir, version_id), version_id
+
+    def _load(self, model_dir: Path) -> None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -249,10 +270,10 @@ class TransformersEngine(GenerationEngine):
         if self.device == "cpu" and model.config._attn_implementation == "sdpa":
             _register_decode_attention()
             model.set_attn_implementation(DECODE_ATTENTION)
-        self.model, self.tokenizer, self.model_dir, self.version_id = model, tokenizer, model_dir, version_id
+        self.model, self.tokenizer = model, tokenizer
 
     def _unload(self) -> None:
-        self.model = self.tokenizer = self.model_dir = self.version_id = None
+        self.model = self.tokenizer = self.version_id = self._served = None
         gc.collect()
 
     def close(self) -> None:

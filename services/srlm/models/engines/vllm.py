@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def llm_kwargs(cfg: EngineConfig, model_dir: Path) -> dict[str, Any]:
-    """The keywords of vLLM's ``LLM(...)`` for ``cfg``: precision, context, memory, seed and
-    parallelism (TP x PP devices)."""
+def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[str, Any]:
+    """The keywords of vLLM's ``LLM(...)`` for ``cfg``: precision, context, memory, seed,
+    parallelism (TP x PP devices) and, to serve adapter versions, LoRA."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": cfg.dtype,
@@ -58,6 +58,8 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path) -> dict[str, Any]:
     }
     if cfg.distributed_executor_backend is not None:
         kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
+    if lora:
+        kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
     return kwargs
 
 
@@ -95,28 +97,60 @@ class VLLMEngine(GenerationEngine):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.llm = None
-        self.model_dir: Path | None = None
         self.version_id: str | None = None
         self.on_cpu = False
+        self._served: tuple | None = None  # (base dir, base id, adapter dir or None, version id)
+        self._lora = None  # the LoRARequest every generation carries while an adapter version is served
+        self._lora_ids = 0
         self._lock = threading.Lock()
 
     def load(self, model_dir: Path, version_id: str) -> None:
-        """Stop the current engine, start one on ``model_dir``; if that fails, restart the previous."""
-        with self._lock:
-            previous = (self.model_dir, self.version_id)
-            self._shutdown()
-            try:
-                self.llm = self._start(Path(model_dir))
-            except Exception:
-                if previous[1] is not None:
-                    log.exception("loading %s failed; serving %s again", version_id, previous[1])
-                    self.llm = self._start(previous[0])
-                    self.model_dir, self.version_id = previous
-                raise
-            self.model_dir, self.version_id = Path(model_dir), version_id
-        log.info("vLLM engine serving %s from %s (%s)", version_id, model_dir, "cpu" if self.on_cpu else "gpu")
+        """Stop the current engine, start one on ``model_dir`` (unless it is the base of the adapter
+        served now); if that fails, restart the previous."""
+        self._switch(Path(model_dir), version_id, None, version_id)
 
-    def _start(self, model_dir: Path):
+    def load_adapter(self, base_dir: Path, base_id: str, adapter_dir: Path, version_id: str) -> None:
+        """vLLM's LoRA: the engine (started with LoRA enabled) keeps its base; each request carries
+        the adapter, so switching adapters restarts nothing."""
+        from srlm.models.adapters import adapter_rank
+
+        rank = adapter_rank(adapter_dir)
+        if rank > self.cfg.max_lora_rank:
+            raise ValueError(f"adapter version {version_id} has rank {rank}, above engine.max_lora_rank "
+                             f"{self.cfg.max_lora_rank}: raise it (vLLM accepts 8, 16, 32, 64, 128, 256, 320, 512)")
+        self._switch(Path(base_dir), base_id, Path(adapter_dir), version_id)
+
+    def _switch(self, *served) -> None:
+        with self._lock:
+            previous = self._served
+            try:
+                self._serve(*served)
+            except Exception:
+                if previous is not None:
+                    log.exception("loading %s failed; serving %s again", served[-1], previous[-1])
+                    self._shutdown()
+                    self._serve(*previous)
+                raise
+        log.info("vLLM engine serving %s from %s (%s)", served[-1], served[2] or served[0],
+                 "cpu" if self.on_cpu else "gpu")
+
+    def _serve(self, base_dir: Path, base_id: str, adapter_dir: Path | None, version_id: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        lora = adapter_dir is not None
+        running = self._served is not None and self._served[1] == base_id
+        if not running or (lora and not self.llm.llm_engine.vllm_config.lora_config):
+            self._shutdown()
+            self.llm = self._start(base_dir, lora)
+        self._served, self.version_id, self._lora = (base_dir, base_id, None, base_id), base_id, None
+        if lora:
+            self._lora_ids += 1
+            self._lora = LoRARequest(version_id, self._lora_ids, str(adapter_dir))
+            if not self.llm.llm_engine.add_lora(self._lora):  # now, not at the first request
+                raise RuntimeError(f"vLLM did not load the adapter of {version_id} from {adapter_dir}")
+            self._served, self.version_id = (base_dir, base_id, adapter_dir, version_id), version_id
+
+    def _start(self, model_dir: Path, lora: bool = False):
         try:
             import vllm.envs
             from vllm import LLM
@@ -145,7 +179,7 @@ class VLLMEngine(GenerationEngine):
 
             check_cpu_parallelism(self.cfg, len(get_visible_memory_node()), os.environ)
         vllm.envs.disable_envs_cache()  # an in-process engine core froze the values of the last start
-        return LLM(**llm_kwargs(self.cfg, model_dir))
+        return LLM(**llm_kwargs(self.cfg, model_dir, lora))
 
     def _shutdown(self) -> None:
         if self.llm is None:
@@ -154,7 +188,7 @@ class VLLMEngine(GenerationEngine):
             self.llm.llm_engine.engine_core.shutdown()  # stops the engine process, if any
         except Exception:  # a dead engine core is already gone; dropping the object is enough
             log.exception("vLLM engine core shutdown failed")
-        self.llm = self.model_dir = self.version_id = None
+        self.llm = self.version_id = self._served = self._lora = None
         gc.collect()
 
     def close(self) -> None:
@@ -181,7 +215,7 @@ class VLLMEngine(GenerationEngine):
                 for ids in prompt_ids
             ]
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
-                                        sampling, use_tqdm=False)
+                                        sampling, use_tqdm=False, lora_request=self._lora)
         results = []
         for out in outputs:
             completions = []
@@ -213,7 +247,7 @@ class VLLMEngine(GenerationEngine):
             # One step that returns the log-probabilities of exactly the choices' tokens.
             params = VLLMSamplingParams(max_tokens=1, temperature=0.0, logprobs=len(choice_ids),
                                         allowed_token_ids=choice_ids)
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora)
         out = []
         for o in outputs:
             logprobs = o.outputs[0].logprobs[0]

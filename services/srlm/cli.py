@@ -8,7 +8,7 @@
     srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
     srlm inspect group GROUP_ID                   # a scored candidate group: rewards by source, advantages
-    srlm train sft|dpo|grpo --run-id R --iteration I --base-version V --out-version W   # a training Job
+    srlm train sft|dpo|grpo|ppo --run-id R --iteration I --base-version V --out-version W   # a training Job
     srlm train-reward-model --pairs FILE.jsonl | --run RUN_ID --base-version V --out-version W
     srlm kafka-acls [--format strimzi]            # each service's Kafka ACLs, for a secured cluster
 """
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = with_config(sub.add_parser("train", help="one training round (what a Kubernetes Job runs)"))
-    p.add_argument("kind", choices=["sft", "dpo", "grpo"])
+    p.add_argument("kind", choices=["sft", "dpo", "grpo", "ppo"])
     p.add_argument("--run-id", required=True)
     p.add_argument("--iteration", type=int, required=True)
     p.add_argument("--base-version", required=True)

@@ -343,6 +343,32 @@ class GRPOConfig(TrainingSection):
                                                         "advantages are zero, they only cost compute (DAPO)")
 
 
+class PPOConfig(TrainingSection):
+    """M_t -> M_{t+1} by PPO on the iteration's scored candidates (``run.objective: ppo``): a value
+    head on the policy, GAE advantages, the clipped surrogate and value losses. Defaults are TRL's
+    PPOConfig (TRL <= 1.14); the literature's PPO-with-LoRA for classification (RL4GLUE) uses
+    use_lora, lora_r 16, learning_rate 9e-6, kl_coef 0.2 with target_kl (adaptive)."""
+
+    learning_rate: float = Field(3e-6, gt=0, description="TRL's default")
+    final_learning_rate: float = Field(0.0, ge=0, description="TRL's default: linear decay to 0")
+    lr_schedule: Literal["cosine", "linear"] = "linear"
+    batch_size: int = Field(16, ge=1, description="candidates per optimizer step (a minibatch)")
+    per_device_batch_size: int = Field(4, ge=1, description="candidates per forward pass")
+    num_epochs: float = Field(4.0, gt=0, description="PPO epochs over the round's rollouts (TRL: num_ppo_epochs 4)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="0: with dropout the ratio to the rollout log-probs is noise")
+    kl_coef: float = Field(0.05, ge=0, description="KL penalty in the per-token rewards (TRL: 0.05)")
+    target_kl: float | None = Field(None, gt=0, description="adaptive KL (Ziegler et al.): the coefficient moves "
+                                                            "towards this KL from round to round; None: fixed")
+    kl_horizon: int = Field(10000, ge=1, description="the adaptive controller's horizon, in samples")
+    cliprange: float = Field(0.2, gt=0, description="policy ratio clipping")
+    cliprange_value: float = Field(0.2, gt=0, description="value clipping around the rollout values")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    importance_correction: bool = Field(True, description="ratio against the sampler's recorded log-probs (the "
+                                                          "behaviour policy) rather than the trainer's M_t")
+
+
 class RewardModelConfig(TrainingSection):
     """A Bradley-Terry reward model (``srlm train-reward-model``): a model version with a one-output
     sequence-classification head, trained by TRL's RewardTrainer on preference pairs to score
@@ -513,9 +539,10 @@ class RunConfig(Section):
     iterations: int = Field(2, ge=0, description="DPO iterations after SFT (paper: M2, M3)")
     seed: int = 1234
     skip_sft: bool = False
-    objective: Literal["dpo", "grpo"] = Field(
-        "dpo", description="how an iteration trains M_t: DPO on best-vs-worst pairs (the paper), or GRPO on every "
-                           "scored candidate group with rewards from the `rewards` sources")
+    objective: Literal["dpo", "grpo", "ppo"] = Field(
+        "dpo", description="how an iteration trains M_t: DPO on best-vs-worst pairs (the paper), GRPO on every "
+                           "candidate group whose rewards (the `rewards` sources) differ, or PPO on every scored "
+                           "candidate")
 
 
 class MlflowTrackingConfig(Section):
@@ -690,6 +717,7 @@ class SRLMConfig(Section):
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
     grpo: GRPOConfig = GRPOConfig()
+    ppo: PPOConfig = PPOConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     rewards: RewardsConfig = RewardsConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -709,7 +737,10 @@ class SRLMConfig(Section):
         if self.run.objective == "grpo" and self.grpo.batch_size % self.sampling.n:
             raise ValueError(f"grpo.batch_size: {self.grpo.batch_size} candidates per step must be whole groups of "
                              f"sampling.n = {self.sampling.n}")
-        for name in ("sft", "dpo", "grpo", "reward_model"):
+        if self.run.objective == "ppo" and self.distributed.strategy != "none":
+            raise ValueError(f"run.objective: PPO rounds run on one process (its value head is outside the "
+                             f"model that {self.distributed.strategy} shards); use distributed.strategy none")
+        for name in ("sft", "dpo", "grpo", "ppo", "reward_model"):
             if getattr(self, name).use_lora and self.distributed.strategy in ("fsdp", "deepspeed"):
                 raise ValueError(f"{name}.use_lora: LoRA rounds are merged on one process before publishing; run "
                                  f"them with distributed.strategy none or ddp, not {self.distributed.strategy}")

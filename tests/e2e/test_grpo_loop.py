@@ -1,9 +1,10 @@
-"""End to end with GRPO as the objective (``run.objective: grpo``): prompt generation appends two
-verifiable IFEval-style instructions to each prompt, the sampler records each candidate's
-tokens and log-probs, the judge service adds each reward source's value (the self-judge and the
-IFEval verifier) and their weighted sum, the controller sends the groups whose rewards differ,
-and the trainer service trains M1 -> M2 on exactly those groups through TRL's GRPOTrainer and
-publishes M2 once."""
+"""End to end with the online objectives. GRPO (``run.objective: grpo``): prompt generation
+appends two verifiable IFEval-style instructions to each prompt, the sampler records each
+candidate's tokens and log-probs, the judge service adds each reward source's value (the
+self-judge and the IFEval verifier) and their weighted sum, the controller sends the groups whose
+rewards differ, and the trainer service trains M1 -> M2 on exactly those groups through TRL's
+GRPOTrainer and publishes M2 once. PPO with LoRA on the verifier's reward alone: M2 is an adapter
+version on M1, trained on every scored group, and promoted: every service serves it."""
 
 from __future__ import annotations
 
@@ -79,5 +80,39 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
         for jc, advantage in zip(judgments[key].candidates, group_advantages(rewards)):
             assert f"{jc.candidate_id} reward {jc.reward:.3g} advantage {advantage:+.3f}" in out
         assert "verification: ['" in out
+    finally:
+        stack.stop()
+
+
+PPO = {"SRLM_RUN__OBJECTIVE": "ppo", "SRLM_PPO__BATCH_SIZE": "3", "SRLM_PPO__PER_DEVICE_BATCH_SIZE": "3",
+       "SRLM_PPO__MAX_STEPS": "2", "SRLM_PPO__SAVE_STEPS": "1", "SRLM_PPO__USE_LORA": "true",
+       "SRLM_PPO__LORA_PUBLISH": "adapter", "SRLM_SELF_INSTRUCT__VERIFIABLE_INSTRUCTIONS": "2",
+       "SRLM_REWARDS__WEIGHTS": "{self_judge: 0.0, verifier: 1.0}"}
+
+
+def test_the_loop_trains_by_ppo_with_lora_and_serves_the_adapter(tmp_path):
+    run_id = "ppo-loop"
+    stack = started(stack_for(tmp_path, **PPO))
+    try:
+        start_run(stack, run_id)
+        state = wait_run(stack, run_id, timeout_s=1800)
+        assert state.stage == records_pb2.STAGE_DONE, state.error
+        config = stack.client_config()
+        judgments = [j for j in read_topic(config, "judgments") if j.meta.run_id == run_id and j.meta.iteration == 1]
+        assert judgments
+        for js in judgments:  # the verifier alone: the judge wrote no verdict
+            for jc in js.candidates:
+                assert [r.source for r in jc.rewards] == ["verifier"] and not jc.samples
+        scored = {j.meta.id for j in judgments if any(c.HasField("reward") for c in j.candidates)}
+        it = next(i for i in state.iterations if i.iteration == 1)
+        assert it.metrics["scored_groups"] == len(scored) > 0
+        store = ModelStore(config.model_store.root)
+        m2 = store.get(f"{run_id}.m2")
+        assert (m2.kind, m2.parent_id, m2.extra["adapter_base"]) == ("ppo", f"{run_id}.m1", f"{run_id}.m1")
+        assert {r["group_id"] for r in store.get_dataset(m2.training_data)} == scored
+        assert m2.metrics["global_step"] == 2 and {"score", "vf_loss", "kl"} <= m2.metrics.keys()
+        # the gate evaluated the adapter version and promotion loaded it into every service
+        assert it.promoted, it.gate_reason
+        assert store.status(m2.version_id)[0] == "promoted" and state.serving_version == m2.version_id
     finally:
         stack.stop()

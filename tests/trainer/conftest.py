@@ -1,9 +1,13 @@
 """The trainer tests publish into the session's model store: each test's versions are deleted
-when it ends (about 0.5 GB apiece; the suite's disk peak), unless it failed."""
+when it ends (about 0.5 GB apiece; the suite's disk peak), unless it failed. ``groups``: scored
+candidate groups sampled by M0, what GRPO and PPO rounds train on."""
 
 from __future__ import annotations
 
 import pytest
+
+from srlm.config import EngineConfig
+from srlm.models.engines import SamplingParams, create_engine
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +32,26 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report
+
+
+PROMPTS = ["Name a fruit.", "Say hello in French.", "What is 2 + 2?", "Name a colour."]
+TEMPERATURE = 0.7
+GROUP = 4
+
+
+@pytest.fixture(scope="session")
+def groups(m0_dir) -> list[dict]:
+    """Four prompts x four candidates sampled by M0; reward: shorter is better (distinct values)."""
+    engine = create_engine(EngineConfig(kind="transformers", dtype="float32", max_model_len=512))
+    engine.load(m0_dir, "m0")
+    try:
+        results = engine.generate([[{"role": "user", "content": p}] for p in PROMPTS],
+                                  SamplingParams(n=GROUP, temperature=TEMPERATURE, top_p=0.9, max_tokens=16, seed=3))
+    finally:
+        engine.close()
+    rows = []
+    for i, (prompt, result) in enumerate(zip(PROMPTS, results)):
+        rows.append({"group_id": f"g{i}", "prompt": prompt, "temperature": TEMPERATURE, "candidates": [
+            {"text": c.text, "token_ids": c.token_ids, "logprobs": c.logprobs, "reward": float(-c.num_tokens) + j / 10}
+            for j, c in enumerate(result.completions)]})
+    return rows

@@ -7,36 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srlm.config import EngineConfig, GRPOConfig
-from srlm.models.engines import SamplingParams, create_engine
+from srlm.config import GRPOConfig
 from srlm.recipe.rewards import group_advantages
 from srlm.trainer.data import TrainingDataError, grpo_groups
 from srlm.trainer.grpo import SUMMARY_METRICS, build_grpo_trainer, grpo_examples, train_grpo
+from tests.trainer.conftest import GROUP, TEMPERATURE
 from tests.trainer.test_training import weights_changed
 
 pytestmark = pytest.mark.model
-
-PROMPTS = ["Name a fruit.", "Say hello in French.", "What is 2 + 2?", "Name a colour."]
-TEMPERATURE = 0.7
-GROUP = 4
-
-
-@pytest.fixture(scope="module")
-def groups(m0_dir) -> list[dict]:
-    """Four prompts x four candidates sampled by M0; reward: shorter is better (distinct values)."""
-    engine = create_engine(EngineConfig(kind="transformers", dtype="float32", max_model_len=512))
-    engine.load(m0_dir, "m0")
-    try:
-        results = engine.generate([[{"role": "user", "content": p}] for p in PROMPTS],
-                                  SamplingParams(n=GROUP, temperature=TEMPERATURE, top_p=0.9, max_tokens=16, seed=3))
-    finally:
-        engine.close()
-    rows = []
-    for i, (prompt, result) in enumerate(zip(PROMPTS, results)):
-        rows.append({"group_id": f"g{i}", "prompt": prompt, "temperature": TEMPERATURE, "candidates": [
-            {"text": c.text, "token_ids": c.token_ids, "logprobs": c.logprobs, "reward": float(-c.num_tokens) + j / 10}
-            for j, c in enumerate(result.completions)]})
-    return rows
 
 
 def tiny(**values) -> GRPOConfig:

@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 S = records_pb2
 TERMINAL = (S.STAGE_DONE, S.STAGE_FAILED)
 STAGE_NAMES = {v: k.removeprefix("STAGE_").lower() for k, v in S.Stage.items()}
+# run.objective: (its round's command, the iteration view's method listing what it trains on, how
+# the progress line names that, the reason when there is nothing)
+OBJECTIVES = {
+    "dpo": (S.COMMAND_KIND_TRAIN_DPO, "kept_pair_ids", "pairs; DPO",
+            "no preference pairs: every prompt's candidates tied or were unscored"),
+    "grpo": (S.COMMAND_KIND_TRAIN_GRPO, "rewarded_group_ids", "groups with differing rewards; GRPO",
+             "no group with differing rewards: every prompt's candidates scored alike or were unscored"),
+    "ppo": (S.COMMAND_KIND_TRAIN_PPO, "scored_group_ids", "scored groups; PPO",
+            "no scored group: no candidate of any prompt got a reward"),
+}
 
 
 class Publisher(Protocol):
@@ -224,14 +234,14 @@ class RunDriver:
         return True
 
     def _training_command(self, state, cfg) -> records_pb2.IterationCommand:
-        """DPO on the kept pairs, or GRPO on the groups whose rewards differ (``run.objective``)."""
-        view = self.tracker.iteration(state.run_id, state.iteration)
+        """The round of ``run.objective`` on what the iteration produced for it (OBJECTIVES)."""
+        objective = cfg.run.objective
+        kind, examples, _, _ = OBJECTIVES[objective]
+        ids = getattr(self.tracker.iteration(state.run_id, state.iteration), examples)()
         it = self._current(state)
-        versions = dict(base_version=it.input_version, output_version=version_id(state.run_id, state.iteration + 1))
-        if cfg.run.objective == "grpo":
-            return self._command(state, S.COMMAND_KIND_TRAIN_GRPO, "grpo", group_ids=view.rewarded_group_ids(),
-                                 **versions)
-        return self._command(state, S.COMMAND_KIND_TRAIN_DPO, "dpo", pair_ids=view.kept_pair_ids(), **versions)
+        return self._command(state, kind, objective, base_version=it.input_version,
+                             output_version=version_id(state.run_id, state.iteration + 1),
+                             **{"pair_ids" if objective == "dpo" else "group_ids": ids})
 
     def _judgments(self, state, cfg) -> bool:
         view = self.tracker.iteration(state.run_id, state.iteration)
@@ -241,21 +251,18 @@ class RunDriver:
             return False
         it.judgment_sets = len(view.judgment_sets)
         it.pairs = len(view.kept_pair_ids())
-        grpo = cfg.run.objective == "grpo"
-        examples = len(view.rewarded_group_ids()) if grpo else it.pairs
-        if grpo:
-            it.metrics["rewarded_groups"] = examples
+        _, ids, what, none = OBJECTIVES[cfg.run.objective]
+        examples = len(getattr(view, ids)())
+        if cfg.run.objective != "dpo":
+            it.metrics[ids.removesuffix("_ids") + "s"] = examples  # rewarded_groups, scored_groups
         if examples == 0:
-            it.gate_reason = ("no group with differing rewards: every prompt's candidates scored alike or were "
-                              "unscored" if grpo else "no preference pairs: every prompt's candidates tied or were "
-                              "unscored")
+            it.gate_reason = none
             state.stage = it.stage = S.STAGE_PROMOTE
             self.save(state, it.gate_reason, **self.tracker.progress(state.run_id, state.iteration))
             return True
         state.stage = it.stage = S.STAGE_TRAINING
         it.output_version = version_id(state.run_id, state.iteration + 1)
-        what = f"{examples} groups with differing rewards; GRPO" if grpo else f"{it.pairs} pairs; DPO"
-        self.save(state, f"{it.judgment_sets} prompts judged, {what} to {it.output_version}",
+        self.save(state, f"{it.judgment_sets} prompts judged, {examples} {what} to {it.output_version}",
                   **self.tracker.progress(state.run_id, state.iteration))
         self.trainer_launcher(self._training_command(state, cfg))
         return True

@@ -129,7 +129,7 @@ def label_value(value: str) -> str:
     return _LABEL_VALUE.sub("_", value)[:63].strip("_.-")
 
 
-ROUND_KINDS = ("sft", "dpo", "grpo")
+ROUND_KINDS = ("sft", "dpo", "grpo", "ppo")
 
 
 def _round_args(kind: str, run_id: str, iteration: int, base_version: str, out_version: str) -> list[str]:
@@ -652,7 +652,7 @@ class KubePromoter:
 
 
 JOB_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo",
-             records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo"}
+             records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo", records_pb2.COMMAND_KIND_TRAIN_PPO: "ppo"}
 
 
 class KubeTrainerLauncher:

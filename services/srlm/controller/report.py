@@ -179,10 +179,11 @@ def _plot(path: Path, draw) -> str:
 
 def training_lines(report: dict) -> dict[str, tuple[list[float], list[float]]]:
     """The training plot's data: per trained version, its loss and its DPO reward margin or GRPO
-    mean reward at every logged optimizer step."""
+    (or PPO) mean reward at every logged optimizer step."""
     lines = {}
     for v in report["versions"]:
-        for key, label in (("loss", "loss"), ("rewards/margins", "reward margin"), ("reward", "mean reward")):
+        for key, label in (("loss", "loss"), ("rewards/margins", "reward margin"), ("reward", "mean reward"),
+                           ("score", "mean reward")):
             hist = [h for h in v["log_history"] if key in h]
             if hist:
                 lines[f"{v['version_id']} {label}"] = ([h["step"] for h in hist], [h[key] for h in hist])
@@ -226,7 +227,7 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     def training(ax):
         for label, (steps, values) in training_lines(report).items():
             ax.plot(steps, values, linestyle="-" if label.endswith("loss") else "--", label=label)
-        ax.set(title="Training loss, DPO reward margins, GRPO mean reward", xlabel="step")
+        ax.set(title="Training loss, DPO reward margins, GRPO / PPO mean reward", xlabel="step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     made.append(_plot(out / "training.png", training))

@@ -26,6 +26,10 @@ class IterationView:
     def kept_pair_ids(self) -> list[str]:
         return sorted(j.pair_id for j in self.judgment_sets.values() if j.decision == records_pb2.PAIR_DECISION_KEPT)
 
+    def scored_group_ids(self) -> list[str]:
+        """Judgment sets (PPO's rollouts) with at least one reward."""
+        return sorted(key for key, j in self.judgment_sets.items() if any(c.HasField("reward") for c in j.candidates))
+
     def rewarded_group_ids(self) -> list[str]:
         """Judgment sets (GRPO groups) with at least two different rewards: the others have zero
         advantages throughout and teach nothing."""

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 # manifest.extra key of an adapter version (a PEFT LoRA adapter only): the full version it applies to
 ADAPTER_BASE = "adapter_base"
-KINDS = ("base", "sft", "dpo", "grpo", "reward_model")
+KINDS = ("base", "sft", "dpo", "grpo", "ppo", "reward_model")
 STATUSES = ("published", "promoted", "rejected", "rolled_back")
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _CHUNK = 1 << 20

@@ -26,7 +26,8 @@ def seed_for(*parts: object) -> int:
 
 
 MODEL_KINDS = {"base": records_pb2.MODEL_KIND_BASE, "sft": records_pb2.MODEL_KIND_SFT, "dpo": records_pb2.MODEL_KIND_DPO,
-               "grpo": records_pb2.MODEL_KIND_GRPO, "reward_model": records_pb2.MODEL_KIND_REWARD_MODEL}
+               "grpo": records_pb2.MODEL_KIND_GRPO, "ppo": records_pb2.MODEL_KIND_PPO,
+               "reward_model": records_pb2.MODEL_KIND_REWARD_MODEL}
 MODEL_STATUSES = {"published": records_pb2.MODEL_STATUS_PUBLISHED, "promoted": records_pb2.MODEL_STATUS_PROMOTED,
                   "rejected": records_pb2.MODEL_STATUS_REJECTED, "rolled_back": records_pb2.MODEL_STATUS_ROLLED_BACK}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from srlm.config import DPOConfig, GRPOConfig, SFTConfig, parse_config
+from srlm.config import DPOConfig, GRPOConfig, PPOConfig, SFTConfig, parse_config
 from srlm.models.store import ModelStore
 from srlm.trainer.distributed import progress_writer
 from srlm.trainer.job import PROGRESS_FILE, complete_checkpoint, train_and_publish
@@ -43,6 +43,11 @@ def main(spec_path: str) -> int:
 
         cfg = GRPOConfig.model_validate(spec["section"])
         examples, build, summary_keys = grpo_round(rows, cfg)
+    elif kind == "ppo":
+        from srlm.trainer.ppo import ppo_inputs, ppo_round
+
+        cfg = PPOConfig.model_validate(spec["section"])
+        examples, build, summary_keys = ppo_round(rows, cfg, *ppo_inputs(store, spec["base_version"], cfg))
     elif kind == "sft":
         from srlm.trainer.sft import sft_round
 

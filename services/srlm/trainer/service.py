@@ -30,7 +30,8 @@ from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 log = logging.getLogger(__name__)
 TRAIN_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo",
-               records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo"}
+               records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo", records_pb2.COMMAND_KIND_TRAIN_PPO: "ppo"}
+GROUP_KINDS = ("grpo", "ppo")  # rounds on scored candidate groups (group_ids), not pairs
 
 
 class MissingRecords(RuntimeError):
@@ -155,6 +156,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
     from srlm.trainer.distributed import distributed_round, run_distributed_round, topology
     from srlm.trainer.dpo import train_dpo
     from srlm.trainer.grpo import train_grpo
+    from srlm.trainer.ppo import train_ppo
     from srlm.trainer.sft import train_sft
 
     run_cfg = from_yaml(cmd.config_yaml, config)
@@ -173,7 +175,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             host.load(cmd.base_version)
             rows, stats = build_sft_rows(host, run_cfg, run_cfg.run.seed)
             host.close()
-        elif lead and kind == "grpo":
+        elif lead and kind in GROUP_KINDS:
             rows = grpo_rows(config, m.run_id, m.iteration, list(cmd.group_ids))
         elif lead:
             rows = dpo_rows(config, m.run_id, m.iteration, list(cmd.pair_ids))
@@ -188,7 +190,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
             train_sft(store, cmd.base_version, cmd.output_version, rows, section, data_metrics=stats,
                       callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
         else:
-            train_round = train_grpo if kind == "grpo" else train_dpo
+            train_round = {"grpo": train_grpo, "ppo": train_ppo, "dpo": train_dpo}[kind]
             train_round(store, cmd.base_version, cmd.output_version, rows, section,
                         callbacks=training_callbacks(config, m.run_id, cmd.output_version), **common)
     state.end("published", cmd.output_version)
@@ -234,7 +236,7 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
 
 
 def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
-    """``srlm train sft|dpo|grpo ...``: one round as a Kubernetes Job runs it, then announce the version
+    """``srlm train sft|dpo|grpo|ppo ...``: one round as a Kubernetes Job runs it, then announce the version
     (on node 0 of a multi-node round)."""
     from srlm.runtime.pipeline import make_publisher
 

@@ -32,6 +32,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_DPO: _ClassVar[ModelKind]
     MODEL_KIND_GRPO: _ClassVar[ModelKind]
     MODEL_KIND_REWARD_MODEL: _ClassVar[ModelKind]
+    MODEL_KIND_PPO: _ClassVar[ModelKind]
 
 class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -63,6 +64,7 @@ class CommandKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMMAND_KIND_TRAIN_SFT: _ClassVar[CommandKind]
     COMMAND_KIND_TRAIN_DPO: _ClassVar[CommandKind]
     COMMAND_KIND_TRAIN_GRPO: _ClassVar[CommandKind]
+    COMMAND_KIND_TRAIN_PPO: _ClassVar[CommandKind]
 PROMPT_SOURCE_UNSPECIFIED: PromptSource
 PROMPT_SOURCE_SEED: PromptSource
 PROMPT_SOURCE_GENERATED: PromptSource
@@ -77,6 +79,7 @@ MODEL_KIND_SFT: ModelKind
 MODEL_KIND_DPO: ModelKind
 MODEL_KIND_GRPO: ModelKind
 MODEL_KIND_REWARD_MODEL: ModelKind
+MODEL_KIND_PPO: ModelKind
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_PUBLISHED: ModelStatus
 MODEL_STATUS_PROMOTED: ModelStatus
@@ -99,6 +102,7 @@ COMMAND_KIND_GENERATE_PROMPTS: CommandKind
 COMMAND_KIND_TRAIN_SFT: CommandKind
 COMMAND_KIND_TRAIN_DPO: CommandKind
 COMMAND_KIND_TRAIN_GRPO: CommandKind
+COMMAND_KIND_TRAIN_PPO: CommandKind
 
 class RecordMeta(_message.Message):
     __slots__ = ("run_id", "iteration", "model_version", "id", "created_at", "trace_id", "work")

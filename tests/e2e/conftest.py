@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
@@ -65,3 +67,17 @@ def started(stack: LocalStack) -> LocalStack:
     except Exception as err:  # noqa: BLE001
         stack.stop()
         pytest.fail(f"the local srlm stack could not start: {err}", pytrace=False)
+
+
+@contextmanager
+def finished_run(tmp: Path, run_id: str, **env: str) -> Iterator[tuple[LocalStack, records_pb2.RunState]]:
+    """A stack with ``env`` that ran ``run_id`` to the end (asserted done): the stack and the run's
+    final state; the stack stops on exit."""
+    stack = started(stack_for(tmp, **env))
+    try:
+        start_run(stack, run_id)
+        state = wait_run(stack, run_id, timeout_s=1800)
+        assert state.stage == records_pb2.STAGE_DONE, state.error
+        yield stack, state
+    finally:
+        stack.stop()

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from srlm.models.store import ModelStore
-from srlm.v1 import records_pb2
-from tests.e2e.conftest import pair_records, stack_for, start_run, started, wait_run
+from tests.e2e.conftest import finished_run, pair_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 
@@ -19,11 +18,7 @@ TWO_PROCESSES = {"SRLM_DISTRIBUTED__STRATEGY": "ddp", "SRLM_DISTRIBUTED__NUM_PRO
 
 
 def test_the_loop_runs_its_training_rounds_on_two_processes(tmp_path):
-    stack = started(stack_for(tmp_path, **TWO_PROCESSES))
-    try:
-        start_run(stack, RUN_ID)
-        state = wait_run(stack, RUN_ID, timeout_s=1800)
-        assert state.stage == records_pb2.STAGE_DONE, state.error
+    with finished_run(tmp_path, RUN_ID, **TWO_PROCESSES) as (stack, state):
         config = stack.client_config()
         store = ModelStore(config.model_store.root)
         m1, m2 = store.get(f"{RUN_ID}.m1"), store.get(f"{RUN_ID}.m2")
@@ -36,5 +31,3 @@ def test_the_loop_runs_its_training_rounds_on_two_processes(tmp_path):
         assert {r["pair_id"] for r in store.get_dataset(m2.training_data)} == pairs
         assert state.serving_version in (f"{RUN_ID}.m1", f"{RUN_ID}.m2")
         assert not list(store.checkpoints_dir.glob("*")), "the rounds' work dirs are cleared"
-    finally:
-        stack.stop()

@@ -17,8 +17,7 @@ import pytest
 from srlm.models.store import ModelStore
 from srlm.recipe.rewards import Verification, group_advantages, ifeval_reward
 from srlm.runtime.pipeline import read_topic
-from srlm.v1 import records_pb2
-from tests.e2e.conftest import CI_CONFIG, stack_for, start_run, started, wait_run
+from tests.e2e.conftest import CI_CONFIG, finished_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 
@@ -30,11 +29,7 @@ GRPO = {"SRLM_RUN__OBJECTIVE": "grpo", "SRLM_GRPO__BATCH_SIZE": "3", "SRLM_GRPO_
 
 
 def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
-    stack = started(stack_for(tmp_path, **GRPO))
-    try:
-        start_run(stack, RUN_ID)
-        state = wait_run(stack, RUN_ID, timeout_s=1800)
-        assert state.stage == records_pb2.STAGE_DONE, state.error
+    with finished_run(tmp_path, RUN_ID, **GRPO) as (stack, state):
         config = stack.client_config()
         candidates = {c.meta.id: c for c in read_topic(config, "candidates") if c.meta.run_id == RUN_ID
                       and c.meta.iteration == 1}
@@ -80,8 +75,6 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
         for jc, advantage in zip(judgments[key].candidates, group_advantages(rewards)):
             assert f"{jc.candidate_id} reward {jc.reward:.3g} advantage {advantage:+.3f}" in out
         assert "verification: ['" in out
-    finally:
-        stack.stop()
 
 
 PPO = {"SRLM_RUN__OBJECTIVE": "ppo", "SRLM_PPO__BATCH_SIZE": "3", "SRLM_PPO__PER_DEVICE_BATCH_SIZE": "3",
@@ -92,11 +85,7 @@ PPO = {"SRLM_RUN__OBJECTIVE": "ppo", "SRLM_PPO__BATCH_SIZE": "3", "SRLM_PPO__PER
 
 def test_the_loop_trains_by_ppo_with_lora_and_serves_the_adapter(tmp_path):
     run_id = "ppo-loop"
-    stack = started(stack_for(tmp_path, **PPO))
-    try:
-        start_run(stack, run_id)
-        state = wait_run(stack, run_id, timeout_s=1800)
-        assert state.stage == records_pb2.STAGE_DONE, state.error
+    with finished_run(tmp_path, run_id, **PPO) as (stack, state):
         config = stack.client_config()
         judgments = [j for j in read_topic(config, "judgments") if j.meta.run_id == run_id and j.meta.iteration == 1]
         assert judgments
@@ -114,5 +103,3 @@ def test_the_loop_trains_by_ppo_with_lora_and_serves_the_adapter(tmp_path):
         # the gate evaluated the adapter version and promotion loaded it into every service
         assert it.promoted, it.gate_reason
         assert store.status(m2.version_id)[0] == "promoted" and state.serving_version == m2.version_id
-    finally:
-        stack.stop()

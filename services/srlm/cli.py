@@ -5,7 +5,7 @@
     srlm serve sampler --config ...              # one service (what a container runs)
     srlm status [RUN_ID] | srlm models [--run RUN_ID]
     srlm models import-smollm2                    # M0 into the model store
-    srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness]   # with 95% intervals
+    srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness,classification]   # 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
     srlm inspect group GROUP_ID                   # a scored candidate group: rewards by source, advantages
     srlm train sft|dpo|grpo|ppo --run-id R --iteration I --base-version V --out-version W   # a training Job
@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from srlm.evaluation import report
-    from srlm.evaluation.suite import PARTS, EvaluationSuite
+    from srlm.evaluation.suite import PARTS, EvaluationSuite, default_parts
     from srlm.models.store import ModelStore
     from srlm.runtime.model_host import ModelHost
 
@@ -122,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if v and not store.exists(v):
             print(f"srlm eval: no model version {v!r} in {store.root}", file=sys.stderr)
             return 2
-    parts = tuple(p for p in args.suite.split(",") if p)
+    parts = tuple(p for p in args.suite.split(",") if p) if args.suite else default_parts(config)
     unknown = set(parts) - set(PARTS)
     if unknown:
         print(f"srlm eval: --suite: unknown parts {sorted(unknown)}; known: {','.join(PARTS)}", file=sys.stderr)
@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--versions", nargs="+")
     which.add_argument("--run", help="every version of this run ('latest': the newest run in the store)")
-    p.add_argument("--suite", default="ifeval,head_to_head,judge,robustness",
-                   help="comma-separated parts: ifeval, head_to_head, judge, robustness")
+    p.add_argument("--suite", default=None,
+                   help="comma-separated parts: ifeval, head_to_head, judge, robustness, classification (default: all; "
+                        "classification only with run.task: classification)")
     p.add_argument("--baseline", default=None, help="compare every version with this one (default: its parent)")
     p.add_argument("--base", default=None, help="the base model (M0) for the fixed judge and the judge set "
                                                 "(default: the first version's oldest ancestor)")

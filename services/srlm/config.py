@@ -532,6 +532,20 @@ class EvalGateConfig(Section):
     max_length_growth: float = Field(1.2, gt=0, description="mean length ratio candidate / serving allowed")
 
 
+class ClassificationConfig(Section):
+    """The language-understanding task (``run.task: classification``, ``srlm/recipe/classification.py``):
+    movie-review sentiment, prompts from the train split with their label check, the evaluation
+    suite's ``classification`` part on the held-out split."""
+
+    data: str | None = Field(
+        None, description="GLUE SST-2 TSV ('sentence<TAB>label', 0/1) or VADER ground truth ('id<TAB>rating<TAB>text'); "
+                          "None: the Rotten Tomatoes snippets (the sentences of SST) of the vaderSentiment sdist on "
+                          "PyPI, fetched once into $SRLM_CACHE/data")
+    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="share of the sentences held out (by id hash)")
+    eval_prompts: int = Field(200, ge=1, description="held-out sentences the evaluation answers")
+    max_tokens: int = Field(8, ge=1, description="answer budget in the evaluation (greedy): a label word")
+
+
 class RunConfig(Section):
     """The loop: M0 -> M1 (SFT) -> M2 -> M3 (two DPO rounds)."""
 
@@ -539,6 +553,9 @@ class RunConfig(Section):
     iterations: int = Field(2, ge=0, description="DPO iterations after SFT (paper: M2, M3)")
     seed: int = 1234
     skip_sft: bool = False
+    task: Literal["instructions", "classification"] = Field(
+        "instructions", description="instructions: self-instruct prompts (the paper); classification: the "
+                                    "classification task's training sentences, checked by the label verifier")
     objective: Literal["dpo", "grpo", "ppo"] = Field(
         "dpo", description="how an iteration trains M_t: DPO on best-vs-worst pairs (the paper), GRPO on every "
                            "candidate group whose rewards (the `rewards` sources) differ, or PPO on every scored "
@@ -718,6 +735,7 @@ class SRLMConfig(Section):
     dpo: DPOConfig = DPOConfig()
     grpo: GRPOConfig = GRPOConfig()
     ppo: PPOConfig = PPOConfig()
+    classification: ClassificationConfig = ClassificationConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     rewards: RewardsConfig = RewardsConfig()
     distributed: DistributedConfig = DistributedConfig()

@@ -53,6 +53,17 @@ def test_gate_alpha_and_drop_are_config():
     assert decide(ev, EvalGateConfig(max_ifeval_drop=0.05))[0]
 
 
+def test_gate_of_a_classification_run_also_weighs_its_accuracy():
+    ev = evidence()
+    ev.metrics["classification.accuracy"] = estimate(0.62)
+    ev.tests["classification.accuracy"] = paired(-0.08, 0.01)
+    promote, reason = decide(ev, EvalGateConfig())
+    assert not promote and "classification accuracy significantly worse (-0.080, p=0.010 < 0.05)" in reason
+    ev.tests["classification.accuracy"] = paired(-0.02, 0.40)
+    promote, reason = decide(ev, EvalGateConfig())
+    assert promote and "classification accuracy 0.620 [0.570, 0.670], diff -0.020 p=0.400" in reason
+
+
 def test_gate_without_evidence_rejects():
     ev = VersionEvaluation("cand", metrics={"length.mean_tokens": estimate(10.0)})
     promote, reason = decide(ev, EvalGateConfig())

@@ -31,6 +31,7 @@ SMALL = {
     "judge": {"max_tokens": 24, "forced_verdict": True},
     "seed_data": {"eft_max_answer_words": 120},
     "eval_gate": {"min_prompts": 48},
+    "classification": {"eval_prompts": 12, "max_tokens": 6},
 }
 
 
@@ -69,13 +70,14 @@ def test_every_figure_present_in_range_and_cached(suite):
     first = time.perf_counter() - start
     for name in ("ifeval.prompt_strict", "ifeval.prompt_loose", "ifeval.instruction_strict",
                  "ifeval.instruction_loose", "win_rate.vs_baseline", "win_rate.vs_reference", "judge.parse_rate",
-                 "judge.forced_share",
-                 "judge.pairwise_accuracy", "length.mean_tokens"):
+                 "judge.forced_share", "judge.pairwise_accuracy", "classification.accuracy",
+                 "classification.unreadable", "length.mean_tokens"):
         e = ev.metrics[name]
         assert e["low"] <= e["value"] <= e["high"], (name, e)
         if name != "length.mean_tokens":
             assert 0.0 <= e["low"] and e["high"] <= 1.0, (name, e)
-    assert ev.metrics["ifeval.prompt_strict"]["n"] == 40
+    assert ev.metrics["ifeval.prompt_strict"]["n"] == 40 and ev.metrics["classification.accuracy"]["n"] == 12
+    assert ev.tests["classification.accuracy"]["diff"] == 0.0  # the same greedy answers as M0
     assert ev.metrics["length.mean_tokens"]["n"] == 48
     assert 0 < ev.metrics["length.mean_tokens"]["value"] <= 48
     # the copy answers exactly as its baseline (greedy): no difference, no evidence of one
@@ -94,6 +96,7 @@ def test_every_figure_present_in_range_and_cached(suite):
     # cached: the raw results are in the store, and a second evaluation does no model work
     assert any((suite.cache.root / "eval-copy").glob("answers-*.json"))
     assert any((suite.cache.root / "eval-copy").glob("judge-*.json"))
+    assert any((suite.cache.root / "eval-copy").glob("classification-*.json"))
     start = time.perf_counter()
     again = suite.evaluate("eval-copy", baseline="m0", parts=PARTS)
     assert again.metrics == ev.metrics

@@ -2,9 +2,10 @@
 
 Both versions answer the held-out prompts (greedy); the suite measures IFEval accuracy and the
 head-to-head win rate of the candidate against the serving version, judged by the FIXED judge
-(``evaluation.judge``, never the candidate) in both orders, each with a paired test. The
-candidate is rejected when it is significantly worse (p < ``alpha``) on either, or when its
-responses grow longer than ``max_length_growth``; otherwise it is "not worse" and promoted.
+(``evaluation.judge``, never the candidate) in both orders, each with a paired test; in a
+classification run also the task's held-out accuracy. The candidate is rejected when it is
+significantly worse (p < ``alpha``) on any of them, or when its responses grow longer than
+``max_length_growth``; otherwise it is "not worse" and promoted.
 The reason, every figure and its interval are recorded with the decision.
 """
 
@@ -14,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from srlm.config import EvalGateConfig
-from srlm.evaluation.suite import GATE_PARTS, EvaluationSuite, VersionEvaluation
+from srlm.evaluation.suite import EvaluationSuite, VersionEvaluation, gate_parts
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ def decide(ev: VersionEvaluation, cfg: EvalGateConfig) -> tuple[bool, str]:
         if rate["value"] < cfg.min_win_rate and win["p_value"] < cfg.alpha:
             failures.append(f"win rate {rate['value']:.3f} significantly below {cfg.min_win_rate} "
                             f"(p={win['p_value']:.3f} < {cfg.alpha})")
+    accuracy = ev.tests.get("classification.accuracy")
+    if accuracy is not None:  # a classification run: its task's held-out accuracy too
+        summary.append(f"classification accuracy {_interval(ev.metrics['classification.accuracy'])}, "
+                       f"diff {accuracy['diff']:+.3f} p={accuracy['p_value']:.3f}")
+        if accuracy["diff"] < 0 and accuracy["p_value"] < cfg.alpha:
+            failures.append(f"classification accuracy significantly worse ({accuracy['diff']:+.3f}, "
+                            f"p={accuracy['p_value']:.3f} < {cfg.alpha})")
     length = ev.tests.get("length.mean_tokens")
     if length is not None:
         mine = ev.value("length.mean_tokens")
@@ -65,7 +73,7 @@ def decide(ev: VersionEvaluation, cfg: EvalGateConfig) -> tuple[bool, str]:
 
 def evaluate(suite: EvaluationSuite, candidate: str, serving: str, cfg: EvalGateConfig) -> GateResult:
     """Run the gate's parts of the suite (cached) and decide."""
-    ev = suite.evaluate(candidate, baseline=serving, parts=GATE_PARTS)
+    ev = suite.evaluate(candidate, baseline=serving, parts=gate_parts(suite.config))
     prompts = int(ev.metrics["length.mean_tokens"]["n"])
     if prompts < cfg.min_prompts:
         raise ValueError(f"eval_gate.min_prompts is {cfg.min_prompts} but the suite has {prompts} held-out prompts")

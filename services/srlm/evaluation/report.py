@@ -15,9 +15,10 @@ ROWS = (
     "win_rate.vs_baseline", "win_rate.vs_baseline_lc", "win_rate.vs_reference", "win_rate.vs_reference_lc",
     "judge.parse_rate", "judge.forced_share", "judge.pairwise_accuracy", "judge.spearman", "judge.kendall",
     "judge.mean_score", "robustness.injected_score_lift", "robustness.plea_lift", "length.mean_tokens",
+    "classification.accuracy", "classification.unreadable",
 )
 PLOTTED = ("ifeval.prompt_strict", "ifeval.instruction_strict", "win_rate.vs_baseline", "win_rate.vs_reference",
-           "judge.parse_rate", "judge.pairwise_accuracy")
+           "judge.parse_rate", "judge.pairwise_accuracy", "classification.accuracy")
 
 
 def _cell(ev: VersionEvaluation, name: str) -> str:
@@ -86,7 +87,7 @@ def export_gauges(ev: VersionEvaluation) -> None:
 def evaluate_run(config, run_id: str, run_config=None, parts=None) -> list[VersionEvaluation]:
     """Every version of a run through the suite (cached parts are reused), each against its parent.
     ``run_config``: the run's own config (its evaluation sizes); the store is ``config``'s."""
-    from srlm.evaluation.suite import PARTS, EvaluationSuite
+    from srlm.evaluation.suite import EvaluationSuite
     from srlm.models.store import ModelStore
     from srlm.runtime.model_host import ModelHost
 
@@ -100,6 +101,6 @@ def evaluate_run(config, run_id: str, run_config=None, parts=None) -> list[Versi
     try:
         suite = EvaluationSuite(cfg, store, host, base_version=base)
         return [suite.evaluate(m.version_id, baseline=m.parent_id if m.parent_id and store.exists(m.parent_id)
-                               else None, parts=parts or PARTS) for m in manifests]
+                               else None, parts=parts) for m in manifests]
     finally:
         host.close()

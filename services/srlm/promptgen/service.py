@@ -7,7 +7,8 @@ import logging
 
 from srlm.config import SRLMConfig
 from srlm.models.store import DatasetNotFound, ModelStore
-from srlm.promptgen.stage import NewPrompt, generate_prompts
+from srlm.promptgen.stage import NewPrompt, classification_prompts, generate_prompts
+from srlm.recipe.classification import LABELS
 from srlm.recipe.seed import load_seed_data
 from srlm.recipe.selfinstruct import Demo
 from srlm.recipe.verifiable import with_instructions
@@ -71,7 +72,12 @@ class PromptGenerator:
         rows = _dataset_or_none(store, name)
         if rows is not None:
             # A replayed command: the prompts were produced before; send the same ones again.
-            prompts = [NewPrompt(r["id"], r["text"], r["demonstration_ids"]) for r in rows]
+            prompts = [NewPrompt(r["id"], r["text"], r["demonstration_ids"], r.get("label", "")) for r in rows]
+        elif run_cfg.run.task == "classification":
+            prompts = classification_prompts(run_cfg.classification, run_id=m.run_id, iteration=m.iteration,
+                                             num_prompts=cmd.num_prompts)
+            store.put_dataset(name, [{"id": p.id, "text": p.text, "demonstration_ids": [], "label": p.label}
+                                     for p in prompts])
         else:
             batch = generate_prompts(self.host, run_cfg.self_instruct, self.seed_demos,
                                      self.earlier_prompts(m.run_id, m.iteration), run_id=m.run_id,
@@ -91,7 +97,10 @@ class PromptGenerator:
             record = records_pb2.Prompt(meta=meta(m.run_id, m.iteration, m.model_version, p.id, m.trace_id),
                                         text=p.text, source=records_pb2.PROMPT_SOURCE_GENERATED,
                                         demonstration_ids=p.demonstration_ids, sampling=sampling, judging=judging)
-            if run_cfg.self_instruct.verifiable_instructions:
+            if p.label:  # a data set's sentence, checked by its label
+                record.source = records_pb2.PROMPT_SOURCE_SEED
+                record.verification.CopyFrom(records_pb2.Verification(label=p.label, labels=LABELS))
+            elif run_cfg.self_instruct.verifiable_instructions:
                 add_verification(record, run_cfg.self_instruct.verifiable_instructions)
             out.append(record)
         return out

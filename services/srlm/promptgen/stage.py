@@ -6,9 +6,9 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from srlm.config import SelfInstructConfig
+from srlm.config import ClassificationConfig, SelfInstructConfig
 from srlm.models.engines import SamplingParams
-from srlm.recipe import ids
+from srlm.recipe import classification, ids
 from srlm.recipe.filters import PromptFilter
 from srlm.recipe.selfinstruct import Demo, build_messages, extract_instruction
 from srlm.runtime.model_host import ModelHost
@@ -20,6 +20,15 @@ class NewPrompt:
     id: str
     text: str
     demonstration_ids: list[str]
+    label: str = ""  # a classification task's sentence: the right label
+
+
+def classification_prompts(cfg: ClassificationConfig, *, run_id: str, iteration: int, num_prompts: int
+                           ) -> list[NewPrompt]:
+    """The iteration's sentences of the classification task's train split, as prompts."""
+    train, _ = classification.split(classification.load(cfg.data), cfg.held_out_fraction)
+    return [NewPrompt(ids.prompt_id(run_id, iteration, e.example_id), classification.prompt_text(e), [], e.label)
+            for e in classification.iteration_examples(train, iteration, num_prompts)]
 
 
 @dataclass

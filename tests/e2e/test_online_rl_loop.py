@@ -3,8 +3,9 @@ appends two verifiable IFEval-style instructions to each prompt, the sampler rec
 candidate's tokens and log-probs, the judge service adds each reward source's value (the
 self-judge and the IFEval verifier) and their weighted sum, the controller sends the groups whose
 rewards differ, and the trainer service trains M1 -> M2 on exactly those groups through TRL's
-GRPOTrainer and publishes M2 once. PPO with LoRA on the verifier's reward alone: M2 is an adapter
-version on M1, trained on every scored group, and promoted: every service serves it."""
+GRPOTrainer and publishes M2 once. PPO with LoRA on the classification task (movie-review
+sentiment, the label verifier's reward alone): M2 is an adapter version on M1, trained on every
+scored group, gated on the task's held-out accuracy too, and promoted: every service serves it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import pytest
 
 from srlm.models.store import ModelStore
+from srlm.recipe import classification as C
 from srlm.recipe.rewards import Verification, group_advantages, ifeval_reward
 from srlm.runtime.pipeline import read_topic
 from tests.e2e.conftest import CI_CONFIG, finished_run
@@ -79,19 +81,25 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
 
 PPO = {"SRLM_RUN__OBJECTIVE": "ppo", "SRLM_PPO__BATCH_SIZE": "3", "SRLM_PPO__PER_DEVICE_BATCH_SIZE": "3",
        "SRLM_PPO__MAX_STEPS": "2", "SRLM_PPO__SAVE_STEPS": "1", "SRLM_PPO__USE_LORA": "true",
-       "SRLM_PPO__LORA_PUBLISH": "adapter", "SRLM_SELF_INSTRUCT__VERIFIABLE_INSTRUCTIONS": "2",
-       "SRLM_REWARDS__WEIGHTS": "{self_judge: 0.0, verifier: 1.0}"}
+       "SRLM_PPO__LORA_PUBLISH": "adapter", "SRLM_RUN__TASK": "classification",
+       "SRLM_CLASSIFICATION__EVAL_PROMPTS": "6", "SRLM_REWARDS__WEIGHTS": "{self_judge: 0.0, verifier: 1.0}"}
 
 
-def test_the_loop_trains_by_ppo_with_lora_and_serves_the_adapter(tmp_path):
+def test_the_loop_trains_by_ppo_with_lora_on_the_classification_task(tmp_path):
     run_id = "ppo-loop"
     with finished_run(tmp_path, run_id, **PPO) as (stack, state):
         config = stack.client_config()
+        prompts = {p.meta.id: p for p in read_topic(config, "prompts") if p.meta.run_id == run_id}
+        train, _ = C.split(C.load(None), 0.2)
+        sentences = {C.prompt_text(e): e.label for e in train}
+        for p in prompts.values():  # the train split's sentences, each with its label check
+            assert sentences[p.text] == p.verification.label and list(p.verification.labels) == list(C.LABELS)
         judgments = [j for j in read_topic(config, "judgments") if j.meta.run_id == run_id and j.meta.iteration == 1]
-        assert judgments
-        for js in judgments:  # the verifier alone: the judge wrote no verdict
+        assert judgments and {j.meta.id for j in judgments} == set(prompts)
+        for js in judgments:  # the label verifier alone: the judge wrote no verdict
             for jc in js.candidates:
                 assert [r.source for r in jc.rewards] == ["verifier"] and not jc.samples
+                assert jc.reward in (1.0, -1.0, -3.0)
         scored = {j.meta.id for j in judgments if any(c.HasField("reward") for c in j.candidates)}
         it = next(i for i in state.iterations if i.iteration == 1)
         assert it.metrics["scored_groups"] == len(scored) > 0
@@ -100,6 +108,7 @@ def test_the_loop_trains_by_ppo_with_lora_and_serves_the_adapter(tmp_path):
         assert (m2.kind, m2.parent_id, m2.extra["adapter_base"]) == ("ppo", f"{run_id}.m1", f"{run_id}.m1")
         assert {r["group_id"] for r in store.get_dataset(m2.training_data)} == scored
         assert m2.metrics["global_step"] == 2 and {"score", "vf_loss", "kl"} <= m2.metrics.keys()
-        # the gate evaluated the adapter version and promotion loaded it into every service
-        assert it.promoted, it.gate_reason
+        # the gate evaluated the adapter version, the task's accuracy included, and promotion
+        # loaded it into every service
+        assert "classification accuracy" in it.gate_reason and it.promoted, it.gate_reason
         assert store.status(m2.version_id)[0] == "promoted" and state.serving_version == m2.version_id

@@ -1,18 +1,18 @@
 """SFT vs PPO with LoRA on the classification task (movie-review sentiment): held-out accuracy.
 
     python bench/classification.py [--train 64] [--eval 200] [--iterations 2] [--n 4]
-                                   [--lr 1e-4] [--ppo-epochs 2] [--scratch /tmp/srlm-classification]
+                                   [--lr 1e-4] [--ppo-epochs 2] [--sft-epochs 2] [--scratch /tmp/srlm-classification]
 
 From M0 (SmolLM2-135M-Instruct, imported into a scratch store), on the same ``--train`` sentences of
 the task's train split (``srlm/recipe/classification.py``):
-- **SFT with LoRA**: the gold label word as the answer, 2 epochs;
+- **SFT with LoRA**: the gold label word as the answer, ``--sft-epochs`` epochs;
 - **PPO with LoRA** (the literature's setup: LoRA r 16, alpha 32, dropout 0.05, KL coefficient
   0.2, adaptive; rewards +1 right, -1 wrong, -3 unreadable), ``--iterations`` rounds: the
   current adapter version samples ``--n`` answers per sentence (T 0.7, top-p 0.9, 16 tokens),
   the label verifier scores them, one PPO round publishes the next adapter version on M0.
 Then the evaluation suite's ``classification`` part on ``--eval`` held-out sentences (greedy):
 accuracy and the share of unreadable answers with 95% bootstrap intervals, paired tests against
-M0, and PPO's last version against SFT. The same library the services run, in one process (the
+M0, and PPO's last version against SFT. PPO versions already in the scratch store are reused. The same library the services run, in one process (the
 e2e test runs PPO with LoRA through the services). Both learn at ``--lr``: the literature's
 9e-6 was for a 7B model over thousands of steps; at a few dozen steps on 135M it moves nothing.
 """
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--ppo-epochs", type=float, default=2.0)
+    ap.add_argument("--sft-epochs", type=float, default=2.0)
     ap.add_argument("--scratch", default="/tmp/srlm-classification")
     args = ap.parse_args()
 
@@ -75,11 +76,12 @@ def main() -> None:
     timings = {}
 
     start = time.perf_counter()
+    sft = f"sft-e{args.sft_epochs:g}"
     sft_rows = [{"prompt": C.prompt_text(e), "completion": e.label} for e in examples]
     sft_cfg = config.sft.model_copy(update={**LORA, "learning_rate": args.lr, "final_learning_rate": args.lr / 10,
-                                            "num_epochs": 2.0, "batch_size": 8, "per_device_batch_size": 8,
+                                            "num_epochs": args.sft_epochs, "batch_size": 8, "per_device_batch_size": 8,
                                             "max_length": 256})
-    train_sft(store, m0, "sft", sft_rows, sft_cfg, run_id=None, work_dir=work / "sft", seed=0)
+    train_sft(store, m0, sft, sft_rows, sft_cfg, run_id=None, work_dir=work / sft, seed=0)
     timings["sft_s"] = time.perf_counter() - start
 
     host = ModelHost("bench", config, store)
@@ -89,6 +91,12 @@ def main() -> None:
     version, rounds = m0, []
     for t in range(1, args.iterations + 1):
         start = time.perf_counter()
+        if store.exists(f"ppo{t}"):  # from an earlier run of the bench in this scratch store
+            manifest = store.get(f"ppo{t}")
+            rounds.append({"version": manifest.version_id, "mean_reward": manifest.metrics.get("score"),
+                           "kl": manifest.metrics.get("kl"), "kl_coef": manifest.metrics.get("kl_coef")})
+            version = manifest.version_id
+            continue
         rows = sample_and_score(host, version, examples, args.n, seed=t)
         rewards = [c["reward"] for r in rows for c in r["candidates"]]
         manifest = train_ppo(store, version, f"ppo{t}", rows, ppo_cfg, run_id=None, iteration=t,
@@ -102,9 +110,9 @@ def main() -> None:
 
     suite = EvaluationSuite(config, store, host, base_version=m0)
     rows = [("M0", suite.evaluate(m0, parts=("classification",))),
-            ("SFT + LoRA", suite.evaluate("sft", baseline=m0, parts=("classification",))),
+            (f"SFT + LoRA ({args.sft_epochs:g} epochs)", suite.evaluate(sft, baseline=m0, parts=("classification",))),
             (f"PPO + LoRA ({args.iterations} rounds)", suite.evaluate(version, baseline=m0, parts=("classification",)))]
-    ppo_vs_sft = suite.evaluate(version, baseline="sft", parts=("classification",)).tests["classification.accuracy"]
+    ppo_vs_sft = suite.evaluate(version, baseline=sft, parts=("classification",)).tests["classification.accuracy"]
     host.close()
 
     def cell(ev, name):

@@ -43,6 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from srlm.local import LocalStack
 
     with LocalStack(_config(args), args.config, work_dir=args.work_dir) as stack:
+        stack.supervise()
         print(f"srlm is up: broker {stack.bootstrap_servers}, controller {stack.controller_address}. Ctrl-C stops it.\n"
               f"For srlm status / inspect in another shell: export SRLM_KAFKA__BOOTSTRAP_SERVERS='[{stack.bootstrap_servers}]'")
         stack.wait()

@@ -81,6 +81,7 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
     try:
         if stack:
             stack.start()
+            stack.supervise()
             config = stack.client_config()  # its broker: the report reads the run's topics
         host = config.services.host
         address = stack.controller_address if stack else f"{host}:{config.services.controller.grpc}"

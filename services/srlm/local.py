@@ -1,7 +1,10 @@
 """srlm on one machine: a local Kafka broker and the five services as processes.
 
 ``LocalStack`` is what ``srlm up`` and ``srlm run --up`` start, and what the end-to-end
-tests use (it can SIGKILL and restart a service to prove crash safety).
+tests use (it can SIGKILL and restart a service to prove crash safety). ``srlm up`` and
+``srlm run --up`` supervise it: a service that exits on its own (a crash, the kernel's OOM
+killer) is started again, as a Kubernetes Deployment restarts its pod, and goes on from its
+records on the bus.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from srlm.config import SRLMConfig, load_config
 from srlm.runtime import security
 
 SERVICE_ORDER = ("promptgen", "sampler", "judge", "trainer", "controller")
+MAX_RESTARTS = 5  # a service that keeps dying is left dead (srlm up then stops) rather than restarted forever
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -62,6 +66,10 @@ class LocalStack:
         self.service_envs: dict[str, dict[str, str]] = {}  # one service's extras (crash tests' failpoints)
         self.broker = LocalKafkaBroker(self.work_dir / "kafka") if start_broker else None
         self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        self.supervised = False
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the supervisor never starts a service while the stack stops
         self._handlers: dict[int, object] = {}  # the signal handlers start() replaced
         self.ports: dict[str, tuple[int, int]] = {}
         for name in SERVICE_ORDER:
@@ -127,6 +135,27 @@ class LocalStack:
             wait_serving(self.address(name), timeout_s, proc, self.logs / f"{name}.log", self.config)
         return proc
 
+    def supervise(self, interval_s: float = 2.0) -> None:
+        """Start a thread that restarts a service that exited on its own, up to MAX_RESTARTS times
+        each (the tests' own kills happen on unsupervised stacks)."""
+        self.supervised = True
+        self._stopping.clear()
+        threading.Thread(target=self._restart_exited, args=(interval_s,), name="srlm-supervisor",
+                         daemon=True).start()
+
+    def _restart_exited(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                for name, proc in list(self.procs.items()):
+                    if proc.poll() is None or self.restarts.get(name, 0) >= MAX_RESTARTS:
+                        continue
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    print(f"srlm: {name} exited with {proc.returncode}; restarting it ({self.restarts[name]} of "
+                          f"{MAX_RESTARTS}; its log: {self.logs / f'{name}.log'})", file=sys.stderr, flush=True)
+                    self.start_service(name, wait=False)
+
     def kill(self, name: str) -> None:
         """SIGKILL a service: no shutdown code runs (the crash the tests inject)."""
         proc = self.procs[name]
@@ -154,6 +183,8 @@ class LocalStack:
         (the stop is bounded by the shutdown deadline)."""
         main = threading.current_thread() is threading.main_thread()
         replaced = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if main else {}
+        with self._lock:
+            self._stopping.set()
         try:
             self._stop_procs(SERVICE_ORDER)
             if self.broker:
@@ -164,11 +195,15 @@ class LocalStack:
             self._handlers = {}
 
     def wait(self) -> None:
-        """Until Ctrl-C (SIGINT, SIGTERM, SIGHUP) or a service dies."""
+        """Until Ctrl-C (SIGINT, SIGTERM, SIGHUP) or a service dies (under supervision: for good)."""
+
+        def given_up(name: str, proc: subprocess.Popen) -> bool:
+            return proc.poll() is not None and (not self.supervised or self.restarts.get(name, 0) >= MAX_RESTARTS)
+
         try:
-            while all(p.poll() is None for p in self.procs.values()):
+            while not any(given_up(n, p) for n, p in self.procs.items()):
                 time.sleep(1)
-            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            dead = [n for n, p in self.procs.items() if given_up(n, p)]
             print(f"srlm: service(s) {', '.join(dead)} exited; see {self.logs}", file=sys.stderr)
         except KeyboardInterrupt:
             pass

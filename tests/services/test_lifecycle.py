@@ -1,5 +1,5 @@
 """Stopping srlm: `srlm up` takes its whole stack down on SIGTERM, SIGHUP or Ctrl-C and leaves
-nothing behind even when it is killed; a service asked to stop in the middle of a long batch
+nothing behind even when it is killed, and starts again a service that dies on its own; a service asked to stop in the middle of a long batch
 exits within its shutdown deadline, and the batch is redone exactly once after a restart; a
 service that loses its broker says so in its health and waits without spinning."""
 
@@ -81,6 +81,40 @@ def test_killed_srlm_up_leaves_no_process_behind(tmp_path):
     for p in alive:
         p.kill()
     assert not alive, f"orphaned: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+def test_srlm_up_restarts_a_service_that_dies_on_its_own(tmp_path):
+    """A service killed from outside (as the kernel's OOM killer does) is started again, as a
+    Kubernetes Deployment would restart its pod; before, srlm up went on without it and a run
+    waited for it forever."""
+    proc, children = start_up(tmp_path)
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()
+
+    def judges() -> list[psutil.Process]:
+        out = []
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "serve judge" in " ".join(p.cmdline()):
+                    out.append(p)
+            except psutil.Error:  # gone meanwhile
+                pass
+        return out
+
+    try:
+        (judge,) = judges()
+        judge.kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [p for p in judges() if p.pid != judge.pid]:
+            time.sleep(0.5)
+        (again,) = [p for p in judges() if p.pid != judge.pid]
+        time.sleep(3)
+        assert again.is_running() and proc.poll() is None  # serving on, srlm up still up
+        assert any("srlm: judge exited with -9; restarting it (1 of 5" in line for line in output), output[-20:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(DEADLINE_S + 60)
+    assert not wait_gone([*children, again], 5)
 
 
 def send_prompt(kafka_config, kafka_topics, prompt_id: str) -> None:

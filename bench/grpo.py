@@ -1,0 +1,147 @@
+"""Benchmark: GRPO training throughput and memory of srlm's trainer vs TRL's GRPOTrainer with its defaults.
+
+Both train SmolLM2-135M (M0) on the same scored candidate groups (synthetic prompts, 4 candidates
+each, deterministic rewards), handed to TRL's GRPOTrainer through ``rollout_func`` (no generation
+in either), on the CPU (or a GPU if there is one):
+  * srlm: ``srlm.trainer.grpo.train_grpo`` with srlm's GRPO config (TRL's maths; checkpointing of
+    every 2nd layer, its log-prob tile, bf16 autocast);
+  * TRL: ``GRPOTrainer`` (srlm's subclass, whose only change is the rollout: the same groups)
+    with TRL's ``GRPOConfig`` defaults and only what the comparison fixes: the groups' size and
+    temperature, the batch, the number of steps, ``use_cpu`` on a CPU machine, the seed.
+Each runs in its own process (its own peak RSS). Tokens are TRL's own count of prompt and
+completion tokens; rates as in ``bench/dpo.py``: end to end (from the call to the last step) and
+steps (optimizer steps after the first).
+
+    python bench/grpo.py [--groups 16] [--steps 8] [--only srlm|trl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from dpo import WORDS, Meter  # bench/dpo.py
+
+GROUP, BATCH, TEMPERATURE = 4, 8, 0.7
+
+
+def synthetic_groups(n: int, seed: int = 0) -> list[dict]:
+    """Deterministic groups: a ~30-word prompt, 4 candidates of 40-120 words, rewards in [0, 1]."""
+    rng = random.Random(seed)
+
+    def text(words: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+
+    return [{"group_id": f"g{i}", "prompt": f"Question {i}: {text(30)}", "temperature": TEMPERATURE,
+             "candidates": [{"text": text(rng.randint(40, 120)), "reward": rng.random()} for _ in range(GROUP)]}
+            for i in range(n)]
+
+
+def step_meter(meter: Meter):
+    from transformers import TrainerCallback
+
+    class StepMeter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.mark(state.num_input_tokens_seen)
+
+    return StepMeter()
+
+
+def run_srlm(store, groups: list[dict], work: Path, steps: int) -> dict:
+    from srlm.config import GRPOConfig
+    from srlm.trainer.grpo import train_grpo
+
+    cfg = GRPOConfig(batch_size=BATCH, max_steps=steps, save_steps=10_000)
+    version = f"bench-srlm-{os.getpid()}"
+    meter = Meter()
+    train_grpo(store, "m0", version, groups, cfg, run_id="bench", iteration=2, work_dir=work / "srlm", seed=42,
+               callbacks=[step_meter(meter)])
+    store.delete(version)
+    return meter.rates()
+
+
+def run_trl(store, groups: list[dict], work: Path, steps: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from srlm.trainer.grpo import GroupGRPOTrainer, grpo_examples
+    from srlm.config import GRPOConfig as SrlmGRPOConfig
+
+    examples, by_prompt, _ = grpo_examples(groups, SrlmGRPOConfig())
+    path = store.path("m0")
+    args = GRPOConfig(output_dir=str(work / "trl"), num_generations=GROUP, per_device_train_batch_size=BATCH,
+                      temperature=TEMPERATURE, max_steps=steps, use_cpu=not torch.cuda.is_available(), seed=42,
+                      report_to=[], disable_tqdm=True, save_strategy="no", log_completions=False,
+                      max_completion_length=max(len(c["text"].split()) * 2 for g in groups for c in g["candidates"]))
+    meter = Meter()
+    trainer = GroupGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
+                               train_dataset=Dataset.from_list(examples),
+                               processing_class=AutoTokenizer.from_pretrained(path), callbacks=[step_meter(meter)],
+                               groups=by_prompt, importance_correction=False)
+    trainer.train()
+    return meter.rates()
+
+
+def child(which: str, store_root: str, args: argparse.Namespace) -> None:
+    from srlm.models.store import ModelStore
+
+    store = ModelStore(store_root)
+    with tempfile.TemporaryDirectory(prefix=f"bench-grpo-{which}-") as work:
+        result = (run_srlm if which == "srlm" else run_trl)(store, synthetic_groups(args.groups), Path(work),
+                                                            args.steps)
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", which, "--store", store_root, "--groups", str(args.groups),
+           "--steps", str(args.steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.exit(f"{which} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8, help=f"optimizer steps of {BATCH} candidates")
+    parser.add_argument("--only", choices=("srlm", "trl"))
+    parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
+    parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.store, args)
+
+    from srlm.models.importer import import_base_model
+    from srlm.models.store import ModelStore
+
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-store-") as tmp:
+        store = ModelStore(args.store or tmp)
+        import_base_model(store)
+        print(f"{args.groups} groups of {GROUP}, batch {BATCH} candidates, {args.steps} optimizer steps each")
+        runs = (args.only,) if args.only else ("srlm", "trl")
+        results = {which: measure(which, str(store.root), args) for which in runs}
+
+    names = {"srlm": "srlm train_grpo", "trl": "TRL GRPOTrainer defaults"}
+    print(f"\n{'trainer':<26}{'tokens':>8}{'e2e tok/s':>11}{'step tok/s':>12}{'peak RSS GiB':>14}")
+    for which, r in results.items():
+        print(f"{names[which]:<26}{r['tokens']:>8}{r['end_to_end']:>11.1f}{r['steps']:>12.1f}{r['peak_rss_gib']:>14.2f}")
+    if len(results) == 2:
+        s, t = results["srlm"], results["trl"]
+        print(f"\nsrlm / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
+              f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

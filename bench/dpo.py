@@ -27,14 +27,13 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-WORDS = ("model data answer question reason because the a of to and in that is it for on with as "
-         "helpful clear step first then finally example result value method simple detail explain").split()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.trainer_runs import WORDS, Meter, print_comparison, run_child, step_meter  # noqa: E402
+
 BATCH = 2
 
 
@@ -47,24 +46,6 @@ def synthetic_pairs(n: int, response_words: int, seed: int = 0) -> list[dict]:
 
     return [{"pair_id": f"bench-{i}", "prompt": f"Question {i}: {text(40)}",
              "chosen": text(response_words), "rejected": text(response_words * 3 // 4)} for i in range(n)]
-
-
-class Meter:
-    """The start, then (time, tokens trained so far) after every optimizer step."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.marks: list[tuple[float, int]] = []
-
-    def mark(self, tokens: int) -> None:
-        self.marks.append((time.perf_counter(), int(tokens)))
-
-    def rates(self) -> dict:
-        if len(self.marks) < 2:
-            raise SystemExit("need at least 2 optimizer steps (the first one is a warm-up): use more pairs")
-        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-        return {"end_to_end": n1 / (t1 - self.start), "steps": (n1 - n0) / (t1 - t0), "tokens": n1,
-                "seconds": t1 - self.start, "optimizer_steps": len(self.marks)}
 
 
 def run_srlm(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
@@ -88,14 +69,10 @@ def run_srlm(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
 def run_trl(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from srlm.trainer.data import dpo_examples
-
-    class StepMeter(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            meter.mark(state.num_input_tokens_seen)
 
     path = store.path("m0")
     args = DPOConfig(output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=BATCH,
@@ -104,7 +81,7 @@ def run_trl(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
     meter = Meter()
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
                          train_dataset=Dataset.from_list(dpo_examples(pairs)),
-                         processing_class=AutoTokenizer.from_pretrained(path), callbacks=[StepMeter()])
+                         processing_class=AutoTokenizer.from_pretrained(path), callbacks=[step_meter(meter)])
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # TRL logs every 10 steps
     return {**meter.rates(), "loss": losses[-1] if losses else None}
@@ -128,13 +105,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--store", store_root, "--pairs", str(args.pairs),
-           "--response-words", str(args.response_words), *(f"--set={kv}" for kv in args.set)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.exit(f"{which} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_child(__file__, which, ["--store", store_root, "--pairs", str(args.pairs),
+                                       "--response-words", str(args.response_words),
+                                       *(f"--set={kv}" for kv in args.set)])
 
 
 def main() -> None:
@@ -167,16 +140,7 @@ def main() -> None:
         runs = (args.only,) if args.only else ("srlm", "trl")
         results = {which: measure(which, str(store.root), args) for which in runs}
 
-    names = {"srlm": "srlm train_dpo", "trl": "TRL DPOTrainer defaults"}
-    print(f"\n{'trainer':<25}{'tokens':>8}{'e2e tok/s':>11}{'step tok/s':>12}{'peak RSS GiB':>14}{'loss':>9}")
-    for which, r in results.items():
-        loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
-        print(f"{names[which]:<25}{r['tokens']:>8}{r['end_to_end']:>11.1f}{r['steps']:>12.1f}"
-              f"{r['peak_rss_gib']:>14.2f}{loss:>9}")
-    if len(results) == 2:
-        s, t = results["srlm"], results["trl"]
-        print(f"\nsrlm / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
-              f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
+    print_comparison(results, {"srlm": "srlm train_dpo", "trl": "TRL DPOTrainer defaults"})
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from dpo import WORDS, Meter  # bench/dpo.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.trainer_runs import WORDS, Meter, print_comparison, run_child, step_meter  # noqa: E402
 
 GROUP, BATCH, TEMPERATURE = 4, 8, 0.7
 
@@ -42,16 +42,6 @@ def synthetic_groups(n: int, seed: int = 0) -> list[dict]:
     return [{"group_id": f"g{i}", "prompt": f"Question {i}: {text(30)}", "temperature": TEMPERATURE,
              "candidates": [{"text": text(rng.randint(40, 120)), "reward": rng.random()} for _ in range(GROUP)]}
             for i in range(n)]
-
-
-def step_meter(meter: Meter):
-    from transformers import TrainerCallback
-
-    class StepMeter(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            meter.mark(state.num_input_tokens_seen)
-
-    return StepMeter()
 
 
 def run_srlm(store, groups: list[dict], work: Path, steps: int) -> dict:
@@ -103,13 +93,7 @@ def child(which: str, store_root: str, args: argparse.Namespace) -> None:
 
 
 def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--store", store_root, "--groups", str(args.groups),
-           "--steps", str(args.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.exit(f"{which} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_child(__file__, which, ["--store", store_root, "--groups", str(args.groups), "--steps", str(args.steps)])
 
 
 def main() -> None:
@@ -133,14 +117,7 @@ def main() -> None:
         runs = (args.only,) if args.only else ("srlm", "trl")
         results = {which: measure(which, str(store.root), args) for which in runs}
 
-    names = {"srlm": "srlm train_grpo", "trl": "TRL GRPOTrainer defaults"}
-    print(f"\n{'trainer':<26}{'tokens':>8}{'e2e tok/s':>11}{'step tok/s':>12}{'peak RSS GiB':>14}")
-    for which, r in results.items():
-        print(f"{names[which]:<26}{r['tokens']:>8}{r['end_to_end']:>11.1f}{r['steps']:>12.1f}{r['peak_rss_gib']:>14.2f}")
-    if len(results) == 2:
-        s, t = results["srlm"], results["trl"]
-        print(f"\nsrlm / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
-              f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
+    print_comparison(results, {"srlm": "srlm train_grpo", "trl": "TRL GRPOTrainer defaults"})
 
 
 if __name__ == "__main__":

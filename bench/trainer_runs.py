@@ -1,0 +1,66 @@
+"""What the trainer benchmarks share (``bench/dpo.py``, ``bench/grpo.py``): a meter of tokens per
+optimizer step, one child process per trainer (so each peak RSS is its own), and the table of
+srlm against TRL with their ratios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+WORDS = ("model data answer question reason because the a of to and in that is it for on with as "
+         "helpful clear step first then finally example result value method simple detail explain").split()
+
+
+class Meter:
+    """The start, then (time, tokens trained so far) after every optimizer step."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.marks: list[tuple[float, int]] = []
+
+    def mark(self, tokens: int) -> None:
+        self.marks.append((time.perf_counter(), int(tokens)))
+
+    def rates(self) -> dict:
+        if len(self.marks) < 2:
+            raise SystemExit("need at least 2 optimizer steps (the first one is a warm-up): use more data")
+        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+        return {"end_to_end": n1 / (t1 - self.start), "steps": (n1 - n0) / (t1 - t0), "tokens": n1,
+                "seconds": t1 - self.start, "optimizer_steps": len(self.marks)}
+
+
+def step_meter(meter: Meter):
+    """A Trainer callback that marks the trainer's token count after every optimizer step."""
+    from transformers import TrainerCallback
+
+    class StepMeter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.mark(state.num_input_tokens_seen)
+
+    return StepMeter()
+
+
+def run_child(script: str, which: str, argv: list[str]) -> dict:
+    """``script --child which argv...`` in a process of its own; its ``RESULT {json}`` line."""
+    proc = subprocess.run([sys.executable, script, "--child", which, *argv], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.exit(f"{which} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def print_comparison(results: dict[str, dict], names: dict[str, str]) -> None:
+    """A row per trainer (with its final loss where it has one), then srlm / TRL ratios."""
+    losses = any("loss" in r for r in results.values())
+    print(f"\n{'trainer':<26}{'tokens':>8}{'e2e tok/s':>11}{'step tok/s':>12}{'peak RSS GiB':>14}"
+          + (f"{'loss':>9}" if losses else ""))
+    for which, r in results.items():
+        loss = "" if not losses else f"{'-' if r.get('loss') is None else format(r['loss'], '.4f'):>9}"
+        print(f"{names[which]:<26}{r['tokens']:>8}{r['end_to_end']:>11.1f}{r['steps']:>12.1f}"
+              f"{r['peak_rss_gib']:>14.2f}{loss}")
+    if len(results) == 2:
+        s, t = results["srlm"], results["trl"]
+        print(f"\nsrlm / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
+              f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")

@@ -110,6 +110,16 @@ def dpo_examples(rows: list[dict[str, Any]]) -> list[dict[str, list[dict[str, st
     return out
 
 
+def sampling_temperature(rows: list[dict[str, Any]]) -> float:
+    """The one temperature the groups' candidates were sampled at (the trainer scores their
+    tokens at the same one)."""
+    temperatures = {row.get("temperature") for row in rows}
+    if len(temperatures) != 1 or not isinstance(t := temperatures.pop(), (int, float)) or t < 0:
+        raise TrainingDataError(f"rows[*].temperature: one sampling temperature >= 0 expected, got "
+                                f"{sorted(map(str, temperatures))}")
+    return float(t)
+
+
 def grpo_groups(rows: list[dict[str, Any]], drop_uniform: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Scored candidate groups -> ``{prompt text: [candidate, ...]}`` for GRPO.
 

@@ -22,7 +22,7 @@ from trl import GRPOTrainer
 from srlm.config import GRPOConfig
 from srlm.models.engines.base import chat_prompt_ids
 from srlm.models.store import Manifest, ModelStore
-from srlm.trainer.data import TrainingDataError, grpo_groups
+from srlm.trainer.data import TrainingDataError, grpo_groups, sampling_temperature
 from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
                               training_arguments, training_dataset)
 
@@ -77,10 +77,7 @@ def grpo_examples(rows: list[dict], cfg: GRPOConfig) -> tuple[list[dict], dict[s
     groups = grpo_groups(rows, drop_uniform=cfg.drop_uniform_groups)
     if not groups:
         raise TrainingDataError(f"none of the {len(rows)} groups has rewards that differ: nothing to learn from")
-    temperatures = {row.get("temperature") for row in rows}
-    if len(temperatures) != 1 or not isinstance(t := temperatures.pop(), (int, float)) or t < 0:
-        raise TrainingDataError(f"rows[*].temperature: one sampling temperature >= 0 expected, got {sorted(map(str, temperatures))}")
-    return [{"prompt": [{"role": "user", "content": prompt}]} for prompt in groups], groups, float(t)
+    return [{"prompt": [{"role": "user", "content": prompt}]} for prompt in groups], groups, sampling_temperature(rows)
 
 
 def build_grpo_trainer(model_dir: Path, examples: list[dict], groups: dict[str, list[dict]], cfg: GRPOConfig, *,

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from srlm.config import PPOConfig
 from srlm.models.engines.base import chat_prompt_ids
 from srlm.models.store import Manifest, ModelStore
-from srlm.trainer.data import TrainingDataError, grpo_groups
+from srlm.trainer.data import TrainingDataError, grpo_groups, sampling_temperature
 from srlm.trainer.job import ProgressFn, load_model, lora_config, run_round, training_arguments, training_dataset
 
 VALUE_HEAD = "value_head.safetensors"  # in checkpoints only: the published version is the policy
@@ -110,10 +110,6 @@ def ppo_examples(rows: list[dict], *, importance_correction: bool) -> tuple[list
     recorded), score, and the sampler's log-probs when ``importance_correction`` and every
     candidate has them. Returns the examples and their sampling temperature."""
     groups = grpo_groups(rows, drop_uniform=False)  # PPO's critic, not the group, is the baseline
-    temperatures = {row.get("temperature") for row in rows}
-    if len(temperatures) != 1 or not isinstance(t := temperatures.pop(), (int, float)) or t < 0:
-        raise TrainingDataError(f"rows[*].temperature: one sampling temperature >= 0 expected, got "
-                                f"{sorted(map(str, temperatures))}")
     examples = [{"prompt": prompt, "text": c["text"], "response_ids": c["token_ids"], "score": float(c["reward"]),
                  "sampled_logprobs": c["logprobs"]}
                 for prompt, candidates in groups.items() for c in candidates
@@ -123,7 +119,7 @@ def ppo_examples(rows: list[dict], *, importance_correction: bool) -> tuple[list
     if not (importance_correction and all(e["sampled_logprobs"] for e in examples)):
         for e in examples:
             e["sampled_logprobs"] = []
-    return examples, float(t)
+    return examples, sampling_temperature(rows)
 
 
 def tokenized(examples: list[dict], tokenizer) -> list[dict]:

@@ -70,7 +70,7 @@ def main() -> None:
         "classification": {"eval_prompts": args.eval, "max_tokens": 6}})
     store = ModelStore(config.model_store.root)
     m0 = import_base_model(store, version_id="m0").version_id
-    train, _ = C.split(C.load(None), config.classification.held_out_fraction)
+    train, _ = C.load_split(None, config.classification.held_out_fraction)
     examples = train[:args.train]
     work = Path(args.scratch) / "work"
     timings = {}

@@ -153,7 +153,7 @@ class EvaluationSuite:
     def classification_set(self) -> list[C.LabeledText]:
         """The classification task's held-out sentences (``classification.eval_prompts`` of them)."""
         c = self.config.classification
-        return C.split(C.load(c.data), c.held_out_fraction)[1][:c.eval_prompts]
+        return C.load_split(c.data, c.held_out_fraction)[1][:c.eval_prompts]
 
     def _require_base(self) -> str:
         if not self.base_version:

@@ -26,7 +26,7 @@ class NewPrompt:
 def classification_prompts(cfg: ClassificationConfig, *, run_id: str, iteration: int, num_prompts: int
                            ) -> list[NewPrompt]:
     """The iteration's sentences of the classification task's train split, as prompts."""
-    train, _ = classification.split(classification.load(cfg.data), cfg.held_out_fraction)
+    train, _ = classification.load_split(cfg.data, cfg.held_out_fraction)
     return [NewPrompt(ids.prompt_id(run_id, iteration, e.example_id), classification.prompt_text(e), [], e.label)
             for e in classification.iteration_examples(train, iteration, num_prompts)]
 

@@ -1,5 +1,6 @@
 """A language-understanding task: binary sentiment of movie-review sentences, checked by the
-label verifier (+1 right, -1 wrong, -3 unreadable: ``rewards.label_rewards``).
+label verifier (+1 right, -1 wrong, -3 unreadable: ``rewards.label_correct`` / ``label_wrong`` /
+``label_unreadable``).
 
 Data, in either of two formats:
 - GLUE's SST-2 (``train.tsv`` / ``dev.tsv``): a ``sentence<TAB>label`` header, label 0
@@ -119,6 +120,11 @@ def load(data: str | None, cache: Path | None = None) -> list[LabeledText]:
     except OSError as err:
         raise ValueError(f"classification.data: cannot read {path}: {err}") from None
     return parse(text, path.stem if data else "rt")  # rt: Rotten Tomatoes
+
+
+def load_split(data: str | None, fraction: float) -> tuple[list[LabeledText], list[LabeledText]]:
+    """The task's (train, held-out) sentences: what prompt generation and the evaluation read."""
+    return split(load(data), fraction)
 
 
 def fetch(cache: Path) -> Path:

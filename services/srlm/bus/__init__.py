@@ -4,6 +4,10 @@ See ``worker.py`` for the delivery guarantee and ``local_broker.py`` for the rea
 used locally and in tests.
 """
 
+from srlm.bus import kafka_fixes
+
+kafka_fixes.apply()
+
 from srlm.bus.dedupe import SeenIds, unique_by_id
 from srlm.bus.envelope import DecodeFailure, Record, envelope_headers, record_id
 from srlm.bus.producer import ProduceError, RecordProducer, RecordTooLargeError

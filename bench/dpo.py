@@ -23,16 +23,15 @@ of the chosen and rejected sequences trained on. Two rates:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import resource
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.trainer_runs import WORDS, Meter, print_comparison, run_child, step_meter  # noqa: E402
+from bench.trainer_runs import (  # noqa: E402
+    WORDS, Meter, add_run_arguments, base_model_store, parse_overrides, child, print_comparison, run_children,
+    step_meter)
 
 BATCH = 2
 
@@ -87,58 +86,30 @@ def run_trl(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
     return {**meter.rates(), "loss": losses[-1] if losses else None}
 
 
-def child(which: str, store_root: str, args: argparse.Namespace) -> None:
-    from srlm.models.store import ModelStore
-
-    store = ModelStore(store_root)
-    pairs = synthetic_pairs(args.pairs, args.response_words)
-    with tempfile.TemporaryDirectory(prefix=f"bench-dpo-{which}-") as work:
-        result = (run_srlm if which == "srlm" else run_trl)(store, pairs, Path(work), parse_overrides(args.set))
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    return {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in pairs)}
-
-
-def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
-    return run_child(__file__, which, ["--store", store_root, "--pairs", str(args.pairs),
-                                       "--response-words", str(args.response_words),
-                                       *(f"--set={kv}" for kv in args.set)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=16, help="one epoch: pairs / 2 optimizer steps")
     parser.add_argument("--response-words", type=int, default=150, help="~1.2 tokens a word; 420 fills 512")
-    parser.add_argument("--only", choices=("srlm", "trl"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a dpo config value for srlm's run (YAML value), e.g. dropout=0")
-    parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
-    parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)
+    add_run_arguments(parser)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.store, args)
+        return child(args, {"srlm": run_srlm, "trl": run_trl}, synthetic_pairs(args.pairs, args.response_words),
+                     parse_overrides(args.set))
 
     from transformers import AutoTokenizer
 
-    from srlm.models.importer import import_base_model
-    from srlm.models.store import ModelStore
     from srlm.trainer.data import dpo_examples
 
-    with tempfile.TemporaryDirectory(prefix="bench-dpo-store-") as tmp:
-        store = ModelStore(args.store or tmp)
-        import_base_model(store)
+    with base_model_store(args.store, "bench-dpo-store-") as store:
         tok = AutoTokenizer.from_pretrained(store.path("m0"))
         lengths = [len(tok(tok.apply_chat_template(e["prompt"] + e["chosen"], tokenize=False))["input_ids"])
                    for e in dpo_examples(synthetic_pairs(args.pairs, args.response_words))]
         print(f"{args.pairs} pairs (prompt+chosen {min(lengths)}-{max(lengths)} tokens), batch {BATCH}, "
               f"max length 512, one epoch = {args.pairs // BATCH} optimizer steps each")
-        runs = (args.only,) if args.only else ("srlm", "trl")
-        results = {which: measure(which, str(store.root), args) for which in runs}
+        results = run_children(__file__, args, store, ["--pairs", str(args.pairs), "--response-words",
+                                                       str(args.response_words), *(f"--set={kv}" for kv in args.set)])
 
     print_comparison(results, {"srlm": "srlm train_dpo", "trl": "TRL DPOTrainer defaults"})
 

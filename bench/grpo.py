@@ -18,16 +18,14 @@ steps (optimizer steps after the first).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import resource
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.trainer_runs import WORDS, Meter, print_comparison, run_child, step_meter  # noqa: E402
+from bench.trainer_runs import (  # noqa: E402
+    WORDS, Meter, add_run_arguments, base_model_store, child, print_comparison, run_children, step_meter)
 
 GROUP, BATCH, TEMPERATURE = 4, 8, 0.7
 
@@ -81,41 +79,18 @@ def run_trl(store, groups: list[dict], work: Path, steps: int) -> dict:
     return meter.rates()
 
 
-def child(which: str, store_root: str, args: argparse.Namespace) -> None:
-    from srlm.models.store import ModelStore
-
-    store = ModelStore(store_root)
-    with tempfile.TemporaryDirectory(prefix=f"bench-grpo-{which}-") as work:
-        result = (run_srlm if which == "srlm" else run_trl)(store, synthetic_groups(args.groups), Path(work),
-                                                            args.steps)
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def measure(which: str, store_root: str, args: argparse.Namespace) -> dict:
-    return run_child(__file__, which, ["--store", store_root, "--groups", str(args.groups), "--steps", str(args.steps)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8, help=f"optimizer steps of {BATCH} candidates")
-    parser.add_argument("--only", choices=("srlm", "trl"))
-    parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
-    parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)
+    add_run_arguments(parser)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.store, args)
+        return child(args, {"srlm": run_srlm, "trl": run_trl}, synthetic_groups(args.groups), args.steps)
 
-    from srlm.models.importer import import_base_model
-    from srlm.models.store import ModelStore
-
-    with tempfile.TemporaryDirectory(prefix="bench-grpo-store-") as tmp:
-        store = ModelStore(args.store or tmp)
-        import_base_model(store)
+    with base_model_store(args.store, "bench-grpo-store-") as store:
         print(f"{args.groups} groups of {GROUP}, batch {BATCH} candidates, {args.steps} optimizer steps each")
-        runs = (args.only,) if args.only else ("srlm", "trl")
-        results = {which: measure(which, str(store.root), args) for which in runs}
+        results = run_children(__file__, args, store, ["--groups", str(args.groups), "--steps", str(args.steps)])
 
     print_comparison(results, {"srlm": "srlm train_grpo", "trl": "TRL GRPOTrainer defaults"})
 

@@ -1,13 +1,18 @@
-"""What the trainer benchmarks share (``bench/dpo.py``, ``bench/grpo.py``): a meter of tokens per
-optimizer step, one child process per trainer (so each peak RSS is its own), and the table of
-srlm against TRL with their ratios."""
+"""What the trainer benchmarks share (``bench/dpo.py``, ``bench/grpo.py``, ``bench/reward_model.py``):
+a meter of tokens per optimizer step, a store holding M0, one child process per trainer (so each
+peak RSS is its own), and the table of srlm against TRL with their ratios."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import resource
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 WORDS = ("model data answer question reason because the a of to and in that is it for on with as "
          "helpful clear step first then finally example result value method simple detail explain").split()
@@ -42,13 +47,55 @@ def step_meter(meter: Meter):
     return StepMeter()
 
 
-def run_child(script: str, which: str, argv: list[str]) -> dict:
-    """``script --child which argv...`` in a process of its own; its ``RESULT {json}`` line."""
-    proc = subprocess.run([sys.executable, script, "--child", which, *argv], capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.exit(f"{which} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--only``, ``--store`` and the children's ``--child``."""
+    parser.add_argument("--only", choices=("srlm", "trl"))
+    parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
+    parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)
+
+
+@contextmanager
+def base_model_store(root: str | None, prefix: str):
+    """A model store holding M0: ``root``, or a temporary one removed afterwards."""
+    from srlm.models.importer import import_base_model
+    from srlm.models.store import ModelStore
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        store = ModelStore(root or tmp)
+        import_base_model(store)
+        yield store
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` arguments as config values (YAML)."""
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in pairs)}
+
+
+def child(args: argparse.Namespace, runners: dict, data: list[dict], *extra) -> None:
+    """In a child process: ``runners[args.child](store, data, work_dir, *extra)``, then its figures
+    and its own peak RSS as the last line."""
+    from srlm.models.store import ModelStore
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.child}-") as work:
+        result = runners[args.child](ModelStore(args.store), data, Path(work), *extra)
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_children(script: str, args: argparse.Namespace, store, argv: list[str]) -> dict[str, dict]:
+    """``script --child which --store S argv...`` for srlm and TRL (or ``--only`` one), each in a
+    process of its own; their ``RESULT {json}`` lines."""
+    results = {}
+    for which in (args.only,) if args.only else ("srlm", "trl"):
+        proc = subprocess.run([sys.executable, script, "--child", which, "--store", str(store.root), *argv],
+                              capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.exit(f"{which} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        results[which] = json.loads(lines[-1][len("RESULT "):])
+    return results
 
 
 def print_comparison(results: dict[str, dict], names: dict[str, str]) -> None:

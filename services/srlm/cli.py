@@ -7,7 +7,7 @@
     srlm models import-smollm2                    # M0 into the model store
     srlm eval --versions V1 V2 ... [--suite ifeval,head_to_head,judge,robustness,classification]   # 95% intervals
     srlm inspect pair PAIR_ID                     # provenance of a preference pair
-    srlm inspect group GROUP_ID                   # a scored candidate group: rewards by source, advantages
+    srlm inspect group GROUP_ID                   # a scored candidate group: rewards by source, GRPO advantages
     srlm train sft|dpo|grpo|ppo --run-id R --iteration I --base-version V --out-version W   # a training Job
     srlm train-reward-model --pairs FILE.jsonl | --run RUN_ID --base-version V --out-version W
     srlm kafka-acls [--format strimzi]            # each service's Kafka ACLs, for a secured cluster

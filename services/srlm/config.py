@@ -560,6 +560,12 @@ class RunConfig(Section):
         "dpo", description="how an iteration trains M_t: DPO on best-vs-worst pairs (the paper), GRPO on every "
                            "candidate group whose rewards (the `rewards` sources) differ, or PPO on every scored "
                            "candidate")
+    groups_per_version: int = Field(
+        0, ge=0, description="grpo and ppo: train a new version on every K scored groups as they arrive and serve "
+                             "it at once, so the rest of the iteration samples from it (asynchronous RL, the "
+                             "sampler's log-probs correct the lag); the iteration's last round trains M_{t+1} on "
+                             "what is left and the eval gate decides on it against M_t (rejected: M_t serves "
+                             "again). 0: one version per iteration")
 
 
 class MlflowTrackingConfig(Section):
@@ -755,6 +761,12 @@ class SRLMConfig(Section):
         if self.run.objective == "grpo" and self.grpo.batch_size % self.sampling.n:
             raise ValueError(f"grpo.batch_size: {self.grpo.batch_size} candidates per step must be whole groups of "
                              f"sampling.n = {self.sampling.n}")
+        if self.run.groups_per_version and self.run.objective == "dpo":
+            raise ValueError("run.groups_per_version: versions within an iteration are for the online objectives "
+                             "(run.objective grpo or ppo); DPO trains on the iteration's pairs once")
+        if self.run.groups_per_version and self.services.mode == "kubernetes":
+            raise ValueError("run.groups_per_version: not in Kubernetes mode, whose training rounds are one Job "
+                             "per iteration; use 0 there")
         if self.run.objective == "ppo" and self.distributed.strategy != "none":
             raise ValueError(f"run.objective: PPO rounds run on one process (its value head is outside the "
                              f"model that {self.distributed.strategy} shards); use distributed.strategy none")

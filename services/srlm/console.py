@@ -180,10 +180,12 @@ def inspect_pair(config: SRLMConfig, pair_id: str) -> int:
 
 
 def inspect_group(config: SRLMConfig, group_id: str) -> int:
-    """A scored candidate group (what GRPO trains on): prompt and its verification, each
-    candidate with every reward source's value, the weighted reward and its group advantage."""
+    """A scored candidate group (what GRPO and PPO train on): prompt and its verification, each
+    candidate with every reward source's value, the weighted reward and, in a GRPO run, its group
+    advantage (PPO's advantages are per token, from its value head, and exist only in training)."""
     from srlm.recipe.rewards import group_advantages
     from srlm.runtime.pipeline import read_topic
+    from srlm.runtime.runconfig import from_yaml
 
     judged = next((j for j in read_topic(config, "judgments") if j.meta.id == group_id), None)
     if judged is None:
@@ -196,11 +198,18 @@ def inspect_group(config: SRLMConfig, group_id: str) -> int:
     if cands is not None and cands.HasField("verification"):
         v = cands.verification
         console.print(f"verification: {list(v.instruction_ids) or f'label {v.label!r} of {list(v.labels)}'}")
+    run = next((r for r in read_topic(config, "runs") if r.run_id == judged.meta.run_id), None)
+    objective = from_yaml(run.config_yaml, config).run.objective if run is not None else "grpo"
     rewards = [jc.reward if jc.HasField("reward") else None for jc in judged.candidates]
+    advantages = group_advantages(rewards) if objective == "grpo" else [None] * len(rewards)
+    if objective != "grpo":
+        console.print(f"run.objective {objective}: no group advantages (GRPO's); "
+                      + ("PPO's are per token, from its value head, in training" if objective == "ppo"
+                         else "DPO trains on the pair of the best and worst"))
     texts = {c.candidate_id: c.text for c in (cands.candidates if cands else [])}
-    for jc, reward, advantage in zip(judged.candidates, rewards, group_advantages(rewards)):
+    for jc, reward, advantage in zip(judged.candidates, rewards, advantages):
         sources = ", ".join(f"{r.source} {r.value:.3g}" for r in jc.rewards) or "no source scored it"
-        console.rule(f"{jc.candidate_id} reward {'n/a' if reward is None else f'{reward:.3g}'} "
-                     f"advantage {'n/a' if advantage is None else f'{advantage:+.3f}'} ({sources})")
+        shown = "" if objective != "grpo" else f" advantage {'n/a' if advantage is None else f'{advantage:+.3f}'}"
+        console.rule(f"{jc.candidate_id} reward {'n/a' if reward is None else f'{reward:.3g}'}{shown} ({sources})")
         console.print(texts.get(jc.candidate_id, "(candidate text not found on srlm.candidates)"), markup=False)
     return 0

@@ -4,8 +4,10 @@ candidate's tokens and log-probs, the judge service adds each reward source's va
 self-judge and the IFEval verifier) and their weighted sum, the controller sends the groups whose
 rewards differ, and the trainer service trains M1 -> M2 on exactly those groups through TRL's
 GRPOTrainer and publishes M2 once. PPO with LoRA on the classification task (movie-review
-sentiment, the label verifier's reward alone): M2 is an adapter version on M1, trained on every
-scored group, gated on the task's held-out accuracy too, and promoted: every service serves it."""
+sentiment, the label verifier's reward alone), advancing the version every 2 groups: a step
+version trained on the first two scored groups serves the sampler, M2 (an adapter version on M1
+like it) is trained from it on the rest, gated on the task's held-out accuracy too, and promoted:
+every service serves it."""
 
 from __future__ import annotations
 
@@ -28,6 +30,15 @@ RUN_ID = "grpo-loop"
 GRPO = {"SRLM_RUN__OBJECTIVE": "grpo", "SRLM_GRPO__BATCH_SIZE": "3", "SRLM_GRPO__PER_DEVICE_BATCH_SIZE": "3",
         "SRLM_GRPO__MAX_STEPS": "2", "SRLM_GRPO__SAVE_STEPS": "1", "SRLM_GRPO__MAX_LENGTH": "256",
         "SRLM_SELF_INSTRUCT__VERIFIABLE_INSTRUCTIONS": "2", "SRLM_REWARDS__WEIGHTS": "{self_judge: 1.0, verifier: 2.0}"}
+
+
+def inspect_group(stack, key: str) -> str:
+    """What the real ``srlm inspect group`` prints, whitespace collapsed."""
+    env = {**os.environ, **stack.service_env(), "COLUMNS": "250"}
+    shown = subprocess.run([sys.executable, "-m", "srlm.cli", "inspect", "group", key, "--config", str(CI_CONFIG)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    return " ".join(shown.stdout.split())
 
 
 def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
@@ -68,11 +79,7 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
 
         # `srlm inspect group` (the real CLI) shows a trained group's rewards and advantages
         key = sorted(rewarded)[0]
-        env = {**os.environ, **stack.service_env(), "COLUMNS": "250"}
-        shown = subprocess.run([sys.executable, "-m", "srlm.cli", "inspect", "group", key, "--config",
-                                str(CI_CONFIG)], env=env, capture_output=True, text=True, timeout=120)
-        assert shown.returncode == 0, shown.stderr
-        out = " ".join(shown.stdout.split())
+        out = inspect_group(stack, key)
         rewards = [jc.reward for jc in judgments[key].candidates]
         for jc, advantage in zip(judgments[key].candidates, group_advantages(rewards)):
             assert f"{jc.candidate_id} reward {jc.reward:.3g} advantage {advantage:+.3f}" in out
@@ -82,7 +89,8 @@ def test_the_loop_trains_by_grpo_on_the_rewarded_groups(tmp_path):
 PPO = {"SRLM_RUN__OBJECTIVE": "ppo", "SRLM_PPO__BATCH_SIZE": "3", "SRLM_PPO__PER_DEVICE_BATCH_SIZE": "3",
        "SRLM_PPO__MAX_STEPS": "2", "SRLM_PPO__SAVE_STEPS": "1", "SRLM_PPO__USE_LORA": "true",
        "SRLM_PPO__LORA_PUBLISH": "adapter", "SRLM_RUN__TASK": "classification",
-       "SRLM_CLASSIFICATION__EVAL_PROMPTS": "6", "SRLM_REWARDS__WEIGHTS": "{self_judge: 0.0, verifier: 1.0}"}
+       "SRLM_CLASSIFICATION__EVAL_PROMPTS": "6", "SRLM_REWARDS__WEIGHTS": "{self_judge: 0.0, verifier: 1.0}",
+       "SRLM_RUN__GROUPS_PER_VERSION": "2"}
 
 
 def test_the_loop_trains_by_ppo_with_lora_on_the_classification_task(tmp_path):
@@ -104,10 +112,18 @@ def test_the_loop_trains_by_ppo_with_lora_on_the_classification_task(tmp_path):
         it = next(i for i in state.iterations if i.iteration == 1)
         assert it.metrics["scored_groups"] == len(scored) > 0
         store = ModelStore(config.model_store.root)
-        m2 = store.get(f"{run_id}.m2")
-        assert (m2.kind, m2.parent_id, m2.extra["adapter_base"]) == ("ppo", f"{run_id}.m1", f"{run_id}.m1")
-        assert {r["group_id"] for r in store.get_dataset(m2.training_data)} == scored
+        # groups_per_version 2 of the 4 scored groups: a step version on the first two, served to
+        # the sampler at once, then M2 from it on the other two
+        step, m2 = store.get(f"{run_id}.m2.s1"), store.get(f"{run_id}.m2")
+        assert (step.kind, step.parent_id, step.extra["adapter_base"]) == ("ppo", f"{run_id}.m1", f"{run_id}.m1")
+        assert (m2.kind, m2.parent_id, m2.extra["adapter_base"]) == ("ppo", step.version_id, f"{run_id}.m1")
+        trained = [{r["group_id"] for r in store.get_dataset(v.training_data)} for v in (step, m2)]
+        assert len(trained[0]) == len(trained[1]) == 2 and trained[0] | trained[1] == scored
+        assert list(it.step_versions) == [step.version_id] and it.sampling_version == step.version_id
+        assert it.metrics["step_versions"] == 1 and store.status(step.version_id)[0] == "published"
         assert m2.metrics["global_step"] == 2 and {"score", "vf_loss", "kl"} <= m2.metrics.keys()
+        out = inspect_group(stack, sorted(scored)[0])  # rewards, and no GRPO advantages in a PPO run
+        assert "run.objective ppo: no group advantages" in out and " advantage " not in out
         # the gate evaluated the adapter version, the task's accuracy included, and promotion
         # loaded it into every service
         assert "classification accuracy" in it.gate_reason and it.promoted, it.gate_reason

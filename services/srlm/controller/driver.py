@@ -1,5 +1,7 @@
 """A run as a state machine: M0 -> SFT -> (prompts -> candidates -> judgments -> DPO ->
-eval gate -> promote) per iteration -> done.
+eval gate -> promote) per iteration -> done. With ``run.groups_per_version`` an online
+objective also trains step versions while candidates and judgments arrive, each on the next K
+groups and served to the sampler at once; the iteration's last round starts from the last one.
 
 Every step is idempotent and its outcome is saved to the compacted topic ``srlm.runs``
 before the next one starts, so a restarted controller resumes a run at the step it was
@@ -210,7 +212,14 @@ class RunDriver:
                                                 base_version=version_id(state.run_id, 0),
                                                 output_version=version_id(state.run_id, 1)))
         elif state.stage == S.STAGE_TRAINING:
-            self.trainer_launcher(self._training_command(state, cfg))
+            if self._examples(state, cfg):
+                self.trainer_launcher(self._training_command(state, cfg))
+        elif state.stage in (S.STAGE_CANDIDATES, S.STAGE_JUDGMENTS):
+            it = self._current(state)
+            if it.step_versions and it.step_versions[-1] != it.sampling_version:  # a step round in flight
+                k, n = cfg.run.groups_per_version, len(it.step_versions)
+                self.trainer_launcher(self._round_command(state, cfg, n, it.step_versions[-1],
+                                                          list(it.trained_group_ids[-k:])))
 
     def _prompts(self, state, cfg) -> bool:
         view = self.tracker.iteration(state.run_id, state.iteration)
@@ -223,6 +232,8 @@ class RunDriver:
         return True
 
     def _candidates(self, state, cfg) -> bool:
+        if self._step_round(state, cfg):
+            return True
         view = self.tracker.iteration(state.run_id, state.iteration)
         it = self._current(state)
         if len(view.candidate_sets) < it.prompts:
@@ -233,38 +244,89 @@ class RunDriver:
         self.save(state, f"{it.candidate_sets} candidate sets sampled", **self.tracker.progress(state.run_id, state.iteration))
         return True
 
-    def _training_command(self, state, cfg) -> records_pb2.IterationCommand:
-        """The round of ``run.objective`` on what the iteration produced for it (OBJECTIVES)."""
-        objective = cfg.run.objective
-        kind, examples, _, _ = OBJECTIVES[objective]
-        ids = getattr(self.tracker.iteration(state.run_id, state.iteration), examples)()
+    def _examples(self, state, cfg) -> list[str]:
+        """The ids of what ``run.objective`` trains on (pairs or groups) that no step round took."""
         it = self._current(state)
-        return self._command(state, kind, objective, base_version=it.input_version,
-                             output_version=version_id(state.run_id, state.iteration + 1),
-                             **{"pair_ids" if objective == "dpo" else "group_ids": ids})
+        ids = getattr(self.tracker.iteration(state.run_id, state.iteration), OBJECTIVES[cfg.run.objective][1])()
+        return [i for i in ids if i not in set(it.trained_group_ids)]
+
+    def _round_command(self, state, cfg, n: int, output: str, ids: list[str]) -> records_pb2.IterationCommand:
+        """The iteration's training round ``n`` (1-based: its step rounds, then the last one) on
+        ``ids``, from the version before it (M_t, or step version n - 1) to ``output``."""
+        objective = cfg.run.objective
+        it = self._current(state)
+        base = it.step_versions[n - 2] if n >= 2 else it.input_version
+        suffix = f".s{n}" if n <= len(it.step_versions) else ""
+        return self._command(state, OBJECTIVES[objective][0], objective + suffix, base_version=base,
+                             output_version=output, **{"pair_ids" if objective == "dpo" else "group_ids": ids})
+
+    def _training_command(self, state, cfg) -> records_pb2.IterationCommand:
+        """The iteration's last round: to M_{t+1} on what it produced that no step round took."""
+        it = self._current(state)
+        return self._round_command(state, cfg, len(it.step_versions) + 1, version_id(state.run_id, state.iteration + 1),
+                                   self._examples(state, cfg))
+
+    def _step_round(self, state, cfg) -> bool:
+        """run.groups_per_version: serve a step version once it is published, and while none is
+        in flight start the next one on K groups that no round took yet (unless they are the
+        iteration's last). True when the state changed."""
+        k = cfg.run.groups_per_version
+        it = self._current(state)
+        if not k:
+            return False
+        if it.step_versions and it.step_versions[-1] != it.sampling_version:
+            version = it.step_versions[-1]
+            if not self._published(version):
+                return False  # its round is still training
+            seconds = self.promoter.promote(version)
+            it.sampling_version = version
+            self.save(state, f"{version} published; the sampler draws from it (switched in {seconds:.1f}s)")
+            return True
+        pending = self._examples(state, cfg)
+        judged_all = len(self.tracker.iteration(state.run_id, state.iteration).judgment_sets) >= it.prompts
+        if len(pending) < k or (judged_all and len(pending) == k):  # the last ones make M_{t+1} itself
+            return False
+        groups = pending[:k]
+        n = len(it.step_versions) + 1
+        version = f"{version_id(state.run_id, state.iteration + 1)}.s{n}"
+        it.step_versions.append(version)
+        it.trained_group_ids.extend(groups)
+        cmd = self._round_command(state, cfg, n, version, groups)
+        self.save(state, f"{k} groups to step version {version} (from {cmd.base_version})")
+        self.trainer_launcher(cmd)
+        return True
 
     def _judgments(self, state, cfg) -> bool:
+        if self._step_round(state, cfg):
+            return True
         view = self.tracker.iteration(state.run_id, state.iteration)
         it = self._current(state)
         if len(view.judgment_sets) < it.prompts:
             self._report_progress(state)
             return False
+        if it.step_versions and it.step_versions[-1] != it.sampling_version:
+            return False  # a step round is still training
         it.judgment_sets = len(view.judgment_sets)
         it.pairs = len(view.kept_pair_ids())
         _, ids, what, none = OBJECTIVES[cfg.run.objective]
         examples = len(getattr(view, ids)())
         if cfg.run.objective != "dpo":
             it.metrics[ids.removesuffix("_ids") + "s"] = examples  # rewarded_groups, scored_groups
+        if it.step_versions:
+            it.metrics["step_versions"] = len(it.step_versions)
         if examples == 0:
             it.gate_reason = none
             state.stage = it.stage = S.STAGE_PROMOTE
             self.save(state, it.gate_reason, **self.tracker.progress(state.run_id, state.iteration))
             return True
         state.stage = it.stage = S.STAGE_TRAINING
-        it.output_version = version_id(state.run_id, state.iteration + 1)
+        left = self._examples(state, cfg)
+        # Every group went into a step round: the last step version is the iteration's.
+        it.output_version = version_id(state.run_id, state.iteration + 1) if left else it.step_versions[-1]
         self.save(state, f"{it.judgment_sets} prompts judged, {examples} {what} to {it.output_version}",
                   **self.tracker.progress(state.run_id, state.iteration))
-        self.trainer_launcher(self._training_command(state, cfg))
+        if left:
+            self.trainer_launcher(self._training_command(state, cfg))
         return True
 
     def _training(self, state, cfg) -> bool:
@@ -302,6 +364,9 @@ class RunDriver:
             if it.output_version:
                 self.publish_status(it.output_version, "rejected", it.gate_reason)
             message = f"{state.serving_version} keeps serving: {it.gate_reason}"
+            if it.sampling_version:  # a step version served the sampler: M_t again
+                self.promoter.promote(state.serving_version)
+                message = f"{state.serving_version} serves again: {it.gate_reason}"
         it.stage = S.STAGE_DONE
         return self._next_iteration(state, cfg, message)
 

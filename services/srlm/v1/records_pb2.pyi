@@ -338,7 +338,7 @@ class ModelVersion(_message.Message):
     def __init__(self, version_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., iteration: _Optional[int] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., uri: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., training_data_sha256: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class IterationState(_message.Message):
-    __slots__ = ("iteration", "stage", "prompts", "candidate_sets", "judgment_sets", "pairs", "input_version", "output_version", "promoted", "gate_reason", "metrics")
+    __slots__ = ("iteration", "stage", "prompts", "candidate_sets", "judgment_sets", "pairs", "input_version", "output_version", "promoted", "gate_reason", "metrics", "step_versions", "trained_group_ids", "sampling_version")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +357,9 @@ class IterationState(_message.Message):
     PROMOTED_FIELD_NUMBER: _ClassVar[int]
     GATE_REASON_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    STEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_GROUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_VERSION_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     stage: Stage
     prompts: int
@@ -368,7 +371,10 @@ class IterationState(_message.Message):
     promoted: bool
     gate_reason: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, iteration: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., prompts: _Optional[int] = ..., candidate_sets: _Optional[int] = ..., judgment_sets: _Optional[int] = ..., pairs: _Optional[int] = ..., input_version: _Optional[str] = ..., output_version: _Optional[str] = ..., promoted: _Optional[bool] = ..., gate_reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    step_versions: _containers.RepeatedScalarFieldContainer[str]
+    trained_group_ids: _containers.RepeatedScalarFieldContainer[str]
+    sampling_version: str
+    def __init__(self, iteration: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., prompts: _Optional[int] = ..., candidate_sets: _Optional[int] = ..., judgment_sets: _Optional[int] = ..., pairs: _Optional[int] = ..., input_version: _Optional[str] = ..., output_version: _Optional[str] = ..., promoted: _Optional[bool] = ..., gate_reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., step_versions: _Optional[_Iterable[str]] = ..., trained_group_ids: _Optional[_Iterable[str]] = ..., sampling_version: _Optional[str] = ...) -> None: ...
 
 class StageStart(_message.Message):
     __slots__ = ("iteration", "stage", "at")

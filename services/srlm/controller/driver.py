@@ -246,9 +246,9 @@ class RunDriver:
 
     def _examples(self, state, cfg) -> list[str]:
         """The ids of what ``run.objective`` trains on (pairs or groups) that no step round took."""
-        it = self._current(state)
+        taken = set(self._current(state).trained_group_ids)
         ids = getattr(self.tracker.iteration(state.run_id, state.iteration), OBJECTIVES[cfg.run.objective][1])()
-        return [i for i in ids if i not in set(it.trained_group_ids)]
+        return [i for i in ids if i not in taken]
 
     def _round_command(self, state, cfg, n: int, output: str, ids: list[str]) -> records_pb2.IterationCommand:
         """The iteration's training round ``n`` (1-based: its step rounds, then the last one) on

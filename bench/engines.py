@@ -1,13 +1,21 @@
-"""Generation engines head to head on the real SmolLM2-135M M0.
+"""Generation engines head to head on the real SmolLM2-135M M0, on a service's work.
 
-    python bench/engines.py                      # 32 prompts x n=4, T=0.7, top_p=0.9, 128 max tokens
+    python bench/engines.py                      # sampling: 32 prompts x n=4, T=0.7, top_p=0.9, 128 max tokens
+    python bench/engines.py --work judge         # judging: 8 sets of 4 responses x k=3, 64 max tokens
     python bench/engines.py --engines transformers --prompts 8
+
+``--work sample`` is the sampler's: n answers per prompt. ``--work judge`` is the judge
+service's (``srlm.judge.stage.Judge.score``, one call per candidate set, as the service makes
+them): the paper's judge prompt on AlpacaEval reference answers and bad answers to the same
+prompt (another prompt's answer, a non-answer, gibberish), k judgments each with ``--max-tokens``,
+and a forced verdict for every judgment without one (``judge.forced_verdict``, as the tiny and
+small configs run it).
 
 Each engine runs in a child process of its own, so their memory peaks are separate. Peak
 RSS is the larger of the child's own ru_maxrss (exact) and the RSS summed over its process
 tree (vLLM engine processes, if any) sampled every 0.1 s. Reported per engine: start time
-(imports + load), output tokens, generation time, output tok/s, peak RSS; then vLLM against
-the transformers engine measured in the same run, as ratios.
+(imports + load), output tokens, generation time, output tok/s (judge: judgments/s too), peak
+RSS; then vLLM against the transformers engine measured in the same run, as ratios.
 """
 
 from __future__ import annotations
@@ -50,16 +58,65 @@ def worker(args: argparse.Namespace) -> None:
                                         cpu_kv_cache_gib=args.kv_cache_gib))
     engine.load(Path(args.model_dir), "m0")
     start_s = time.perf_counter() - t0
-    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                            seed=1)
     t1 = time.perf_counter()
-    results = engine.generate(conversations(args.prompts), params)
+    if args.work == "judge":
+        tokens, samples = judge_work(engine, args, params)
+    else:
+        results = engine.generate(conversations(args.prompts), params)
+        tokens = sum(c.num_tokens for r in results for c in r.completions)
+        samples = sum(len(r.completions) for r in results)
     gen_s = time.perf_counter() - t1
-    tokens = sum(c.num_tokens for r in results for c in r.completions)
-    samples = sum(len(r.completions) for r in results)
     engine.close()
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # exact peak of this process
     print("RESULT " + json.dumps({"engine": args.worker, "start_s": start_s, "gen_s": gen_s, "output_tokens": tokens,
                                   "samples": samples, "max_rss": max_rss}), flush=True)
+
+
+def candidate_sets(count: int) -> list[tuple[str, list[str]]]:
+    """(prompt, 4 responses): its AlpacaEval reference answer, another prompt's, a non-answer, gibberish."""
+    from srlm.recipe.evalsets import read_alpacaeval_heldout
+
+    held_out = [p for p in read_alpacaeval_heldout() if p.reference]
+    if count >= len(held_out):
+        raise SystemExit(f"at most {len(held_out) - 1} candidate sets")
+    return [(p.text, [p.reference, held_out[i + 1].reference, "I don't know. Maybe ask someone else.",
+                      "banana keyboard seventeen purple the the of run run quickly sky."])
+            for i, p in enumerate(held_out[:count])]
+
+
+class CountingEngine:
+    """An engine that counts the tokens it generates (the judge's work hides them)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.output_tokens = engine, 0
+
+    def generate(self, conversations, params):
+        results = self.engine.generate(conversations, params)
+        self.output_tokens += sum(c.num_tokens for r in results for c in r.completions)
+        return results
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def judge_work(engine, args: argparse.Namespace, params) -> tuple[int, int]:
+    """The judge service's scoring of ``args.prompts`` candidate sets: output tokens, judgments."""
+    from srlm.config import SRLMConfig
+    from srlm.judge.stage import Judge
+    from srlm.runtime.model_host import ModelHost
+
+    config = SRLMConfig(judge={"forced_verdict": True})
+    counting = CountingEngine(engine)
+    host = ModelHost("judge", config, engine=counting)
+    host.version_id = "m0"  # loaded by the caller
+    judge = Judge(host, config)
+    for prompt, responses in candidate_sets(args.prompts):
+        judge.score(prompt, responses, params)
+    log_line = f"judge parse rate of the free text {judge.stats.parse_rate:.2f} ({judge.stats.total} judgments)"
+    print(log_line, file=sys.stderr, flush=True)
+    return counting.output_tokens, judge.stats.total
 
 
 def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
@@ -67,7 +124,7 @@ def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
 
     cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir)] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
-        for k in ("prompts", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]
+        for k in ("work", "prompts", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]
     log = open(Path(args.log_dir) / f"{kind}.log", "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     peak = 0
@@ -97,11 +154,12 @@ def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="transformers,vllm")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--work", choices=("sample", "judge"), default="sample")
+    parser.add_argument("--prompts", type=int, help="prompts (judge: candidate sets of 4); default 32 (judge: 8)")
+    parser.add_argument("--n", type=int, help="samples per prompt (judge: judgments per response, k); default 4 (3)")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, help="default 128 (judge: 64, tiny's judge.max_tokens)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch-size", type=int, default=16, help="transformers engine max_batch_size")
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache")
@@ -110,6 +168,9 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name, sample, judge in (("prompts", 32, 8), ("n", 4, 3), ("max_tokens", 128, 64)):
+        if getattr(args, name) is None:
+            setattr(args, name, judge if args.work == "judge" else sample)
     if args.worker:
         return worker(args)
 
@@ -122,17 +183,20 @@ def main() -> None:
         model_dir = store.path("m0")
         results = [run_engine(kind, model_dir, args) for kind in args.engines.split(",")]
 
-    print(f"\n{args.prompts} prompts x n={args.n}, T={args.temperature}, top_p={args.top_p}, "
+    unit = "candidate sets of 4 responses, judged k" if args.work == "judge" else "prompts x n"
+    print(f"\n{args.work}: {args.prompts} {unit}={args.n}, T={args.temperature}, top_p={args.top_p}, "
           f"max_tokens={args.max_tokens}, {args.dtype}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}\n")
-    print(f"{'engine':<14}{'start s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{'peak RSS GiB':>14}")
+    what = "judgments" if args.work == "judge" else "samples"
+    print(f"{'engine':<14}{'start s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{what + '/s':>13}{'peak RSS GiB':>14}")
     for r in results:
         print(f"{r['engine']:<14}{r['start_s']:>9.1f}{r['gen_s']:>9.1f}{r['output_tokens']:>9}"
-              f"{r['tok_s']:>9.1f}{r['peak_rss_gib']:>14.2f}")
+              f"{r['tok_s']:>9.1f}{r['samples'] / r['gen_s']:>13.2f}{r['peak_rss_gib']:>14.2f}")
     by_name = {r["engine"]: r for r in results}
     if {"transformers", "vllm"} <= by_name.keys():
         hf, vl = by_name["transformers"], by_name["vllm"]
-        print(f"\nvllm / transformers: output tok/s x{vl['tok_s'] / hf['tok_s']:.2f}, "
-              f"start time x{vl['start_s'] / hf['start_s']:.2f}")
+        print(f"\nvllm / transformers: {what}/s x{hf['gen_s'] / vl['gen_s'] * vl['samples'] / hf['samples']:.2f}, "
+              f"output tok/s x{vl['tok_s'] / hf['tok_s']:.2f}, start time x{vl['start_s'] / hf['start_s']:.2f}, "
+              f"peak RSS x{vl['peak_rss_gib'] / hf['peak_rss_gib']:.2f}")
 
 
 if __name__ == "__main__":

@@ -117,8 +117,23 @@ class ModelStoreConfig(Section):
     root: Path = Path("runs/models")
 
 
+class EngineChoice(Section):
+    """What one inference service may choose differently from ``engine``: the engine and its
+    settings within the same devices. Parallelism and context length stay the section's, so the
+    chart's GPU requests and the request limits hold for every service."""
+
+    kind: Literal["transformers", "vllm"] | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    max_batch_size: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    cpu_kv_cache_gib: int | None = Field(None, ge=1)
+    enforce_eager: bool | None = None
+    vllm_multiprocessing: bool | None = None
+
+
 class EngineConfig(Section):
-    """Generation engine used for prompt generation, sampling and judging."""
+    """Generation engine used for prompt generation, sampling and judging (and by the controller
+    for the eval gate and the report); ``services`` changes it for one inference service."""
 
     kind: Literal["transformers", "vllm"] = "transformers"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
@@ -156,10 +171,33 @@ class EngineConfig(Section):
                           "this node); mp (the only one vLLM's CPU build runs); ray: a running Ray cluster, which "
                           "may span nodes (the chart's inference.multiNode starts one per LeaderWorkerSet group)")
 
+    services: dict[Literal["promptgen", "sampler", "judge"], EngineChoice] = Field(
+        default_factory=dict, description="per inference service, what differs from this section (e.g. the "
+                                          "sampler on vLLM, the judge on transformers); the shipped configs say "
+                                          "why each engine was chosen")
+
     @property
     def world_size(self) -> int:
         """Devices one engine uses: tensor x pipeline parallel."""
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def for_service(self, service: str) -> "EngineConfig":
+        """The engine ``service`` runs: this section with the service's choices."""
+        choice = self.services.get(service)
+        if choice is None:
+            return self
+        return EngineConfig.model_validate({**self.model_dump(exclude={"services"}),
+                                            **choice.model_dump(exclude_none=True)})
+
+    @model_validator(mode="after")
+    def _service_choices(self) -> "EngineConfig":
+        for service in self.services:
+            try:
+                self.for_service(service)
+            except ValidationError as err:
+                raise ValueError(f"engine.services.{service}: "
+                                 + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+        return self
 
     @model_validator(mode="after")
     def _parallelism(self) -> "EngineConfig":

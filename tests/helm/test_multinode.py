@@ -167,7 +167,9 @@ def test_one_engine_on_each_of_four_nodes(helm_bin):
 @pytest.mark.parametrize("settings, message", [
     ("inference.multiNode.size=1", "/inference/multiNode/size"),
     ("inference.multiNode.nodes=2", "'nodes' not allowed"),
-    ("config.engine.kind=transformers", "inference.multiNode.enabled needs config.engine.kind vllm"),
+    ("config.engine.kind=transformers", "inference.multiNode.enabled needs config.engine.kind vllm for"),
+    ("config.engine.services.sampler.kind=transformers",
+     "needs config.engine.kind vllm for sampler (or config.engine.services.sampler.kind)"),
     ("config.engine.distributed_executor_backend=mp",
      "inference.multiNode.enabled needs config.engine.distributed_executor_backend ray"),
     ("config.engine.pipeline_parallel_size=1,inference.multiNode.size=3",

@@ -286,6 +286,9 @@ def test_multinode_inference_needs_vllm_on_ray():
                                      environ={}))
     with pytest.raises(KubeError, match="not 'transformers' with None"):
         check_inference(parse_config(lwss, environ={}))
+    with pytest.raises(KubeError, match=r"not 'transformers' with 'ray' for judge \(engine.services.judge\)"):
+        check_inference(parse_config({**lwss, "engine": {**on_ray, "services": {"judge": {"kind": "transformers"}}}},
+                                     environ={}))
     with pytest.raises(ConfigError, match=r"kubernetes.inference_leaderworkersets: \['a'\] also listed"):
         parse_config({"kubernetes": {"inference_deployments": ["a", "b"], "inference_leaderworkersets": ["a"]}},
                      environ={})

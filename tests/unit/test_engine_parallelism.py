@@ -143,3 +143,33 @@ def test_cpu_placement_refusals(engine, numa, bind, message):
 def test_cpu_placements_accepted(engine, numa, bind):
     environ = {} if bind is None else {"VLLM_CPU_OMP_THREADS_BIND": bind}
     check_cpu_parallelism(engine_config(kind="vllm", **engine), numa, environ)
+
+
+def test_a_service_may_choose_its_own_engine():
+    from srlm.models.engines.hf import TransformersEngine
+    from srlm.runtime.model_host import ModelHost
+
+    config = parse_config({"engine": {"dtype": "float32", "max_model_len": 4096,
+                                      "services": {"sampler": {"kind": "vllm", "cpu_kv_cache_gib": 1}}}}, environ={})
+    sampler = config.engine.for_service("sampler")
+    assert (sampler.kind, sampler.cpu_kv_cache_gib, sampler.dtype, sampler.max_model_len) == ("vllm", 1, "float32", 4096)
+    assert config.engine.for_service("judge") is config.engine
+    engines = {service: ModelHost(service, config)._get_engine() for service in ("sampler", "judge")}
+    assert isinstance(engines["sampler"], VLLMEngine) and engines["sampler"].cfg == sampler  # not started yet
+    assert isinstance(engines["judge"], TransformersEngine)
+    env = {"SRLM_ENGINE__SERVICES__JUDGE__MAX_BATCH_SIZE": "4"}
+    assert parse_config({}, environ=env).engine.for_service("judge").max_batch_size == 4
+
+
+@pytest.mark.parametrize("engine, message", [
+    ({"services": {"trainer": {"kind": "vllm"}}}, "engine.services.trainer"),
+    ({"services": {"sampler": {"tensor_parallel_size": 2}}}, "engine.services.sampler.tensor_parallel_size: Extra"),
+    ({"services": {"sampler": {"kind": "tgi"}}}, "engine.services.sampler.kind"),
+    ({"services": {"sampler": {"cpu_kv_cache_gib": 0}}}, "engine.services.sampler.cpu_kv_cache_gib"),
+    ({"kind": "vllm", "tensor_parallel_size": 2, "services": {"judge": {"kind": "transformers"}}},
+     "engine.services.judge: engine.tensor_parallel_size: 2 needs engine.kind 'vllm'"),
+])
+def test_a_bad_service_engine_choice_names_the_field(engine, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"engine": engine}, environ={})
+    assert message in str(err.value), err.value

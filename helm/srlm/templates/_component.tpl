@@ -212,8 +212,8 @@ inference.multiNode on. Fails on a combination vLLM's multi-node mode cannot run
 {{- $mn := .root.Values.inference.multiNode -}}
 {{- if and .inference $mn.enabled -}}
 {{- $engine := .root.Values.config.engine | default dict -}}
-{{- if ne (dig "kind" "transformers" $engine) "vllm" -}}
-{{- fail "inference.multiNode.enabled needs config.engine.kind vllm: only vLLM spans nodes" -}}
+{{- if ne (dig "services" .name "kind" (dig "kind" "transformers" $engine) $engine) "vllm" -}}
+{{- fail (printf "inference.multiNode.enabled needs config.engine.kind vllm for %s (or config.engine.services.%s.kind): only vLLM spans nodes" .name .name) -}}
 {{- end -}}
 {{- if ne (toString (dig "distributed_executor_backend" "" $engine)) "ray" -}}
 {{- fail "inference.multiNode.enabled needs config.engine.distributed_executor_backend ray: vLLM reaches the GPUs of other nodes only through a Ray cluster" -}}

@@ -690,12 +690,14 @@ class KubeTrainerLauncher:
 def check_inference(config: SRLMConfig) -> None:
     """Refuse, at start-up, inference services spread over nodes that their engine cannot span:
     vLLM reaches another node's GPUs only through Ray."""
-    engine = config.engine
-    on_ray = (engine.kind, engine.distributed_executor_backend) == ("vllm", "ray")
-    if config.kubernetes.inference_leaderworkersets and not on_ray:
-        raise KubeError(f"kubernetes.inference_leaderworkersets: multi-node inference services need engine.kind "
-                        f"'vllm' with engine.distributed_executor_backend 'ray', not {engine.kind!r} with "
-                        f"{engine.distributed_executor_backend!r}")
+    if not config.kubernetes.inference_leaderworkersets:
+        return
+    for service in ("promptgen", "sampler", "judge"):
+        engine = config.engine.for_service(service)
+        if (engine.kind, engine.distributed_executor_backend) != ("vllm", "ray"):
+            raise KubeError(f"kubernetes.inference_leaderworkersets: multi-node inference services need engine.kind "
+                            f"'vllm' with engine.distributed_executor_backend 'ray', not {engine.kind!r} with "
+                            f"{engine.distributed_executor_backend!r} for {service} (engine.services.{service})")
 
 
 def kube_promoter_and_launcher(config: SRLMConfig, fallback=None, on_failure=None

@@ -20,6 +20,7 @@ from srlm.config import SRLMConfig
 from srlm.models.engines import Conversation, GenerationEngine, GenerationResult, SamplingParams, create_engine
 from srlm.models.store import ModelStore
 from srlm.runtime import metrics
+from srlm.runtime.memory import release_freed_memory
 from srlm.v1 import records_pb2
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class ModelHost:
                  engine: GenerationEngine | None = None) -> None:
         self.service = service
         self.store = store or ModelStore(config.model_store.root)
-        self._engine_config = config.engine
+        self._engine_config = config.engine.for_service(service)
         self._engine = engine
         self._lock = threading.RLock()
         self.version_id: str | None = None
@@ -62,6 +63,7 @@ class ModelHost:
                 self._get_engine().load(path, version_id)
             seconds = time.perf_counter() - start
             self.version_id, self.base_id = version_id, base or version_id
+            release_freed_memory()  # the replaced version's weights
         metrics.MODEL_LOAD_SECONDS.labels(self.service).observe(seconds)
         metrics.MODEL_VERSION.info({"service": self.service, "version": version_id})
         log.info("%s: serving %s (loaded in %.1fs)", self.service, version_id, seconds)

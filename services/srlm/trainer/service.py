@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from srlm.config import SRLMConfig
 from srlm.models.store import ModelStore
+from srlm.runtime.memory import release_freed_memory
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import StageWorker, read_topic
 from srlm.runtime.records import meta, model_version_record
@@ -229,6 +230,8 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
         except Exception as err:
             state.end("failed", error=str(err))
             raise
+        finally:
+            release_freed_memory()  # the round's peak, kept by malloc, is the inference services' memory
         return [("models", record.version_id, record)]
 
     worker = StageWorker("trainer", config, "commands", handle_command)

@@ -15,9 +15,11 @@ devices per engine (``llm_kwargs``), its worker processes started by vLLM (mp ex
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -63,6 +65,24 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[s
     return kwargs
 
 
+# config.json fields that may differ between versions of one model without changing its shapes
+UNSHAPED_CONFIG_FIELDS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
+
+
+def same_model_shape(running_dir: Path, new_dir: Path) -> bool:
+    """Whether ``new_dir`` holds weights for the model ``running_dir`` started vLLM with: the same
+    config (architecture and sizes) and the same tokenizer."""
+    def config(folder: Path) -> dict:
+        data = json.loads((folder / "config.json").read_text())
+        return {k: v for k, v in data.items() if k not in UNSHAPED_CONFIG_FIELDS}
+
+    try:
+        return config(running_dir) == config(new_dir) and \
+            (running_dir / "tokenizer.json").read_bytes() == (new_dir / "tokenizer.json").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
 def check_cpu_parallelism(cfg: EngineConfig, numa_nodes: int, environ: Mapping[str, str]) -> None:
     """Refuse, before vLLM starts, a TP x PP that vLLM's CPU build cannot run or place.
 
@@ -105,8 +125,9 @@ class VLLMEngine(GenerationEngine):
         self._lock = threading.Lock()
 
     def load(self, model_dir: Path, version_id: str) -> None:
-        """Stop the current engine, start one on ``model_dir`` (unless it is the base of the adapter
-        served now); if that fails, restart the previous."""
+        """Serve ``model_dir``: its weights loaded into the running engine when it is the same
+        model (architecture, sizes, tokenizer), else a new engine (nothing, if it is the base of the
+        adapter served now); if that fails, restart the previous."""
         self._switch(Path(model_dir), version_id, None, version_id)
 
     def load_adapter(self, base_dir: Path, base_id: str, adapter_dir: Path, version_id: str) -> None:
@@ -139,7 +160,11 @@ class VLLMEngine(GenerationEngine):
 
         lora = adapter_dir is not None
         running = self._served is not None and self._served[1] == base_id
-        if not running or (lora and not self.llm.llm_engine.vllm_config.lora_config):
+        if self.llm is not None and lora and not self.llm.llm_engine.vllm_config.lora_config:
+            self._shutdown()  # LoRA is set when vLLM starts
+        if self.llm is not None and not running and same_model_shape(self._served[0], base_dir):
+            self._reload_weights(base_dir)
+        elif not running or self.llm is None:
             self._shutdown()
             self.llm = self._start(base_dir, lora)
         self._served, self.version_id, self._lora = (base_dir, base_id, None, base_id), base_id, None
@@ -149,6 +174,14 @@ class VLLMEngine(GenerationEngine):
             if not self.llm.llm_engine.add_lora(self._lora):  # now, not at the first request
                 raise RuntimeError(f"vLLM did not load the adapter of {version_id} from {adapter_dir}")
             self._served, self.version_id = (base_dir, base_id, adapter_dir, version_id), version_id
+
+    def _reload_weights(self, model_dir: Path) -> None:
+        """Another version of the same architecture: its weights into the running engine, in place
+        (a promotion then takes the time to read the weights, not an engine start)."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+        self.llm.reset_prefix_cache()  # its cached blocks were computed by the old weights
+        log.info("vLLM engine: weights of %s loaded in place in %.1fs", model_dir, time.perf_counter() - start)
 
     def _start(self, model_dir: Path, lora: bool = False):
         try:

@@ -805,6 +805,11 @@ class SRLMConfig(Section):
         if self.run.groups_per_version and self.services.mode == "kubernetes":
             raise ValueError("run.groups_per_version: not in Kubernetes mode, whose training rounds are one Job "
                              "per iteration; use 0 there")
+        if self.run.objective in ("grpo", "ppo") and getattr(self, self.run.objective).importance_correction \
+                and self.engine.for_service("sampler").kind == "vllm":
+            raise ValueError(f"{self.run.objective}.importance_correction: its ratio needs the sampler's recorded "
+                             f"log-probs, which only the transformers engine records; run the sampler on it "
+                             f"(engine.services.sampler.kind: transformers) or set importance_correction false")
         if self.run.objective == "ppo" and self.distributed.strategy != "none":
             raise ValueError(f"run.objective: PPO rounds run on one process (its value head is outside the "
                              f"model that {self.distributed.strategy} shards); use distributed.strategy none")

@@ -173,3 +173,15 @@ def test_a_bad_service_engine_choice_names_the_field(engine, message):
     with pytest.raises(ConfigError) as err:
         parse_config({"engine": engine}, environ={})
     assert message in str(err.value), err.value
+
+
+@pytest.mark.parametrize("objective", ["grpo", "ppo"])
+def test_the_importance_correction_needs_a_sampler_that_records_log_probs(objective):
+    on_vllm = {"run": {"objective": objective}, "engine": {"services": {"sampler": {"kind": "vllm"}}}}
+    with pytest.raises(ConfigError, match=f"{objective}.importance_correction: .*engine.services.sampler.kind"):
+        parse_config(on_vllm, environ={})
+    with pytest.raises(ConfigError, match=f"{objective}.importance_correction"):
+        parse_config({"run": {"objective": objective}, "engine": {"kind": "vllm"}}, environ={})
+    assert parse_config({**on_vllm, objective: {"importance_correction": False}}, environ={})
+    judge_on_vllm = {"run": {"objective": objective}, "engine": {"services": {"judge": {"kind": "vllm"}}}}
+    assert parse_config(judge_on_vllm, environ={}).engine.for_service("sampler").kind == "transformers"

@@ -75,14 +75,16 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def candidate_sets(count: int) -> list[tuple[str, list[str]]]:
-    """(prompt, 4 responses): its AlpacaEval reference answer, another prompt's, a non-answer, gibberish."""
+    """(prompt, 4 responses): its AlpacaEval reference answer, another prompt's, and bench/judge.py's
+    non-answer and gibberish."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.judge import GIBBERISH, NON_ANSWER
     from srlm.recipe.evalsets import read_alpacaeval_heldout
 
     held_out = [p for p in read_alpacaeval_heldout() if p.reference]
     if count >= len(held_out):
         raise SystemExit(f"at most {len(held_out) - 1} candidate sets")
-    return [(p.text, [p.reference, held_out[i + 1].reference, "I don't know. Maybe ask someone else.",
-                      "banana keyboard seventeen purple the the of run run quickly sky."])
+    return [(p.text, [p.reference, held_out[i + 1].reference, NON_ANSWER, GIBBERISH])
             for i, p in enumerate(held_out[:count])]
 
 
@@ -114,8 +116,8 @@ def judge_work(engine, args: argparse.Namespace, params) -> tuple[int, int]:
     judge = Judge(host, config)
     for prompt, responses in candidate_sets(args.prompts):
         judge.score(prompt, responses, params)
-    log_line = f"judge parse rate of the free text {judge.stats.parse_rate:.2f} ({judge.stats.total} judgments)"
-    print(log_line, file=sys.stderr, flush=True)
+    print(f"judge parse rate of the free text {judge.stats.parse_rate:.2f} ({judge.stats.total} judgments)",
+          file=sys.stderr, flush=True)
     return counting.output_tokens, judge.stats.total
 
 

@@ -29,6 +29,8 @@ from srlm.recipe.evalsets import read_alpacaeval_heldout
 from srlm.recipe.judge import JudgeStats, build_judge_messages, parse_judgment, read_judge_template
 
 BAD_KINDS = ("off_topic", "non_answer", "gibberish", "self_score")
+NON_ANSWER = "I don't know. Maybe ask someone else."
+GIBBERISH = "banana keyboard seventeen purple the the of run run quickly sky."
 
 
 def fixed_set(n_good: int, n_bad: int) -> list[tuple[str, str, str]]:
@@ -41,8 +43,8 @@ def fixed_set(n_good: int, n_bad: int) -> list[tuple[str, str, str]]:
         kind = BAD_KINDS[i % len(BAD_KINDS)]
         response = {
             "off_topic": vicuna[(n_good + i + 1) % len(vicuna)].reference or "",
-            "non_answer": "I don't know. Maybe ask someone else.",
-            "gibberish": "banana keyboard seventeen purple the the of run run quickly sky.",
+            "non_answer": NON_ANSWER,
+            "gibberish": GIBBERISH,
             "self_score": "Yes.\nScore: 5",
         }[kind]
         rows.append((f"bad:{kind}", p.text, response))

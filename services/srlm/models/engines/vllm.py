@@ -164,7 +164,7 @@ class VLLMEngine(GenerationEngine):
             self._shutdown()  # LoRA is set when vLLM starts
         if self.llm is not None and not running and same_model_shape(self._served[0], base_dir):
             self._reload_weights(base_dir)
-        elif not running or self.llm is None:
+        elif not running or self.llm is None:  # None: shut down above for LoRA
             self._shutdown()
             self.llm = self._start(base_dir, lora)
         self._served, self.version_id, self._lora = (base_dir, base_id, None, base_id), base_id, None

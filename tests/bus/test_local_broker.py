@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from srlm.bus.local_broker import BrokerError, LocalKafkaBroker, fetch, find_pom, kafka_version
+from srlm.bus.local_broker import BrokerError, LocalKafkaBroker, _ephemeral_start, fetch, find_pom, free_port, kafka_version
 
 pytestmark = pytest.mark.kafka
 
@@ -52,3 +53,13 @@ def test_fetch_reuses_the_cached_jars_of_the_pinned_version():
     jars = {p.name for p in lib.glob("*.jar")}
     assert "kafka_2.13-4.3.1.jar" in jars and "log4j-slf4j2-impl-2.25.2.jar" in jars
     assert any(name.startswith("slf4j-api-2.") for name in jars), jars
+
+
+def test_free_ports_stay_out_of_the_range_that_bind_0_draws_from():
+    """vLLM's and torch's internal servers bind port 0; a port handed to a service must never
+    be one they can draw before the service binds it (CI lost a run to that)."""
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50, "a port was handed out twice"
+    assert all(1024 <= p < _ephemeral_start() for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))  # still free

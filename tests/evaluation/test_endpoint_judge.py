@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 
 import pytest
 
+from srlm.bus.local_broker import free_port
 from srlm.config import SRLMConfig
 from srlm.evaluation.pairwise import EndpointPairwiseJudge, ModelPairwiseJudge, preferences
 from srlm.runtime.model_host import ModelHost
@@ -33,12 +33,6 @@ ITEMS = [
     ("Say hello.", "Hello!", "Hello!"),  # identical responses
 ]
 CLEAR = ITEMS[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path, n: int = 3000) -> str:
@@ -66,7 +60,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def vllm_server(m0_dir, tmp_path_factory):
     """Base URL (``http://127.0.0.1:PORT/v1``) of a real vLLM OpenAI-compatible server on M0."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
     env = dict(os.environ)
     # As srlm's VLLMEngine on CPU (services/srlm/models/engines/vllm.py): KV cache size in GiB,
@@ -152,7 +146,7 @@ def test_endpoint_agrees_with_transformers_engine(vllm_server, m0):
 
 
 def test_unreachable_endpoint_fails_fast():
-    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     start = time.monotonic()
     with pytest.raises(RuntimeError) as err:
         EndpointPairwiseJudge(url, timeout_s=5)

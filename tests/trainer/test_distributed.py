@@ -5,13 +5,13 @@ killed rank that fails the round, whose retry resumes from the checkpoint and pu
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 
 import psutil
 import pytest
 
+from srlm.bus.local_broker import free_port
 from srlm.config import DPOConfig, SRLMConfig
 from srlm.trainer.distributed import RoundFailed, run_distributed_round
 from srlm.trainer.dpo import train_dpo
@@ -26,12 +26,6 @@ ROUND = DPOConfig(max_steps=2, batch_size=4, per_device_batch_size=2, max_length
                   precision="fp32", gradient_checkpointing=False, save_steps=1)
 # Losses and rewards agree to this (absolute): float sums in another order, after an update.
 TOLERANCE = 2e-4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ddp_round(store, tmp_path, version, progress=None, cfg=ROUND):

@@ -15,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from safetensors import safe_open
 
+from srlm.bus.local_broker import free_port
 from srlm.config import DPOConfig, SFTConfig, SRLMConfig
 from srlm.runtime.tracking import read_scalars, training_callbacks, wandb_run_id
 from srlm.trainer.data import sft_examples
@@ -22,7 +23,7 @@ from srlm.trainer.dpo import REWARD_METRICS, train_dpo
 from srlm.trainer.sft import build_sft_trainer, train_sft
 from tests.trainer import dpo_job
 from tests.trainer.rows import PAIRS, SFT_ROWS
-from tests.fixtures.tracking import closed_port, items, offline_wandb, srlm_runs, wandb_records
+from tests.fixtures.tracking import items, offline_wandb, srlm_runs, wandb_records
 
 pytestmark = pytest.mark.model
 
@@ -64,7 +65,7 @@ def test_sft_trains_and_publishes_m1_with_its_data(m0, tmp_path, caplog):
     cfg = tiny(SFTConfig, per_device_batch_size=1)  # batch 2 = 2 accumulated micro-batches
     # an MLflow server that cannot be reached costs the round a warning, nothing more
     unreachable = SRLMConfig(tracking={"tensorboard": False, "report_to": ["mlflow"],
-                                       "mlflow": {"tracking_uri": f"http://127.0.0.1:{closed_port()}"}})
+                                       "mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}})
     with caplog.at_level(logging.WARNING, "srlm.runtime.tracking"):
         manifest = train_sft(store, base.version_id, "trainer-sft-m1", SFT_ROWS, cfg, run_id="t-sft",
                              work_dir=tmp_path / "w", seed=7, progress_cb=progress,

@@ -16,11 +16,12 @@ import pytest
 import requests
 import yaml
 
+from srlm.bus.local_broker import free_port
 from srlm.config import ConfigError, SRLMConfig, parse_config
 from srlm.models.store import ModelStore
 from srlm.runtime.runconfig import to_yaml
 from srlm.runtime.tracking import RunLog, wandb_run_id
-from tests.fixtures.tracking import closed_port, items, offline_wandb, srlm_runs, wandb_records
+from tests.fixtures.tracking import items, offline_wandb, srlm_runs, wandb_records
 
 def tracking_config(tmp_path: Path, report_to: str, **extra) -> SRLMConfig:
     return SRLMConfig(model_store={"root": tmp_path / "store"}, kafka={"sasl_plain_password": "hunter2"},
@@ -105,7 +106,7 @@ def test_mlflow_one_run_per_srlm_run_shared_by_every_process_with_config_and_lin
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` (sqlite store, artifacts proxied by the server) on a free port."""
-    port = closed_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner (huey) to spawn
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1",
@@ -159,7 +160,7 @@ def test_mlflow_processes_attaching_at_once_agree_on_one_run(tmp_path):
 
 def test_unreachable_mlflow_server_is_warned_about_once_and_skipped(tmp_path, caplog):
     config = SRLMConfig(model_store={"root": tmp_path}, tracking={
-        "tensorboard": False, "report_to": ["mlflow"], "mlflow": {"tracking_uri": f"http://127.0.0.1:{closed_port()}"}})
+        "tensorboard": False, "report_to": ["mlflow"], "mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}})
     run_log = RunLog(config)
     started = time.monotonic()
     with caplog.at_level(logging.DEBUG, "srlm.runtime.tracking"):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import random
 import re
 import shutil
 import signal
@@ -145,10 +146,38 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+_handed_out: set[int] = set()
+_port_rng = random.SystemRandom()  # never reseeded by a library's set_seed
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and that nobody else will pick before it is bound.
+
+    A port from bind(0) comes from the kernel's ephemeral range, where every later bind(0)
+    (vLLM's and torch's internal servers, in any process) may pick it again before the
+    service it was meant for binds it: CI lost a run to that. Ports below the ephemeral
+    range are only ever handed out explicitly, so a random free one stays ours."""
+    top = _ephemeral_start()
+    low = max(1024, top - 20000)
+    for _ in range(200):
+        port = _port_rng.randrange(low, top)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free loopback port in {low}-{top - 1}")
 
 
 def _heap_bytes(heap: str) -> int:

@@ -3,10 +3,11 @@
     python bench/engines.py                      # sampling: 32 prompts x n=4, T=0.7, top_p=0.9, 128 max tokens
     python bench/engines.py --work judge         # judging: 8 sets of 4 responses x k=3, 64 max tokens
     python bench/engines.py --engines transformers --prompts 8
+    python bench/engines.py --work judge --records-per-call 8   # as the judge service batches (kafka.batch_records)
 
 ``--work sample`` is the sampler's: n answers per prompt. ``--work judge`` is the judge
-service's (``srlm.judge.stage.Judge.score``, one call per candidate set, as the service makes
-them): the paper's judge prompt on AlpacaEval reference answers and bad answers to the same
+service's (``srlm.judge.stage.Judge.score_sets``, ``--records-per-call`` candidate sets per call,
+as the service batches the records of one poll): the paper's judge prompt on AlpacaEval reference answers and bad answers to the same
 prompt (another prompt's answer, a non-answer, gibberish), k judgments each with ``--max-tokens``,
 and a forced verdict for every judgment without one (``judge.forced_verdict``, as the tiny and
 small configs run it).
@@ -64,7 +65,11 @@ def worker(args: argparse.Namespace) -> None:
     if args.work == "judge":
         tokens, samples = judge_work(engine, args, params)
     else:
-        results = engine.generate(conversations(args.prompts), params)
+        convs, per_call = conversations(args.prompts), args.records_per_call
+        # one call per record (prompt), records_per_call of them at once, as the sampler service does
+        results = [r for start in range(0, len(convs), per_call)
+                   for call in engine.generate_each([([c], params) for c in convs[start:start + per_call]])
+                   for r in call]
         tokens = sum(c.num_tokens for r in results for c in r.completions)
         samples = sum(len(r.completions) for r in results)
     gen_s = time.perf_counter() - t1
@@ -95,8 +100,11 @@ class CountingEngine:
         self.engine, self.output_tokens = engine, 0
 
     def generate(self, conversations, params):
-        results = self.engine.generate(conversations, params)
-        self.output_tokens += sum(c.num_tokens for r in results for c in r.completions)
+        return self.generate_each([(conversations, params)])[0]
+
+    def generate_each(self, calls):
+        results = self.engine.generate_each(calls)
+        self.output_tokens += sum(c.num_tokens for call in results for r in call for c in r.completions)
         return results
 
     def __getattr__(self, name):
@@ -114,8 +122,9 @@ def judge_work(engine, args: argparse.Namespace, params) -> tuple[int, int]:
     host = ModelHost("judge", config, engine=counting)
     host.version_id = "m0"  # loaded by the caller
     judge = Judge(host, config)
-    for prompt, responses in candidate_sets(args.prompts):
-        judge.score(prompt, responses, params)
+    sets = candidate_sets(args.prompts)
+    for start in range(0, len(sets), args.records_per_call):
+        judge.score_sets([(prompt, responses, params) for prompt, responses in sets[start:start + args.records_per_call]])
     print(f"judge parse rate of the free text {judge.stats.parse_rate:.2f} ({judge.stats.total} judgments)",
           file=sys.stderr, flush=True)
     return counting.output_tokens, judge.stats.total
@@ -126,7 +135,7 @@ def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
 
     cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir)] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
-        for k in ("work", "prompts", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]
+        for k in ("work", "prompts", "records_per_call", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]
     log = open(Path(args.log_dir) / f"{kind}.log", "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     peak = 0
@@ -158,6 +167,9 @@ def main() -> None:
     parser.add_argument("--engines", default="transformers,vllm")
     parser.add_argument("--work", choices=("sample", "judge"), default="sample")
     parser.add_argument("--prompts", type=int, help="prompts (judge: candidate sets of 4); default 32 (judge: 8)")
+    parser.add_argument("--records-per-call", type=int,
+                        help="prompts or candidate sets per engine call, as a service's batch; default all "
+                             "prompts (judge: 1 set)")
     parser.add_argument("--n", type=int, help="samples per prompt (judge: judgments per response, k); default 4 (3)")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.9)
@@ -173,6 +185,8 @@ def main() -> None:
     for name, sample, judge in (("prompts", 32, 8), ("n", 4, 3), ("max_tokens", 128, 64)):
         if getattr(args, name) is None:
             setattr(args, name, judge if args.work == "judge" else sample)
+    if args.records_per_call is None:
+        args.records_per_call = 1 if args.work == "judge" else args.prompts
     if args.worker:
         return worker(args)
 
@@ -187,7 +201,7 @@ def main() -> None:
 
     unit = "candidate sets of 4 responses, judged k" if args.work == "judge" else "prompts x n"
     print(f"\n{args.work}: {args.prompts} {unit}={args.n}, T={args.temperature}, top_p={args.top_p}, "
-          f"max_tokens={args.max_tokens}, {args.dtype}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}\n")
+          f"max_tokens={args.max_tokens}, {args.records_per_call} per call, {args.dtype}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}\n")
     what = "judgments" if args.work == "judge" else "samples"
     print(f"{'engine':<14}{'start s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{what + '/s':>13}{'peak RSS GiB':>14}")
     for r in results:

@@ -114,6 +114,22 @@ def test_greedy_samples_agree_and_stop_strings_cut(engine: GenerationEngine):
     assert completion.num_tokens < full[0].num_tokens
 
 
+def test_calls_with_their_own_params_run_together(engine: GenerationEngine):
+    """generate_each (the sampler's and judge's batches): every call keeps its own n,
+    max_tokens and seed, and gets back what it would get alone, in its place."""
+    calls = [(CONVERSATIONS, SamplingParams(n=2, temperature=0.0, max_tokens=12)),
+             (CONVERSATIONS[:1], SamplingParams(n=1, temperature=0.0, max_tokens=5)),
+             (CONVERSATIONS[1:], SamplingParams(n=3, temperature=0.7, max_tokens=8, seed=3))]
+    together = engine.generate_each(calls)
+    assert [[len(r.completions) for r in call] for call in together] == [[2, 2], [1], [3]]
+    for (conversations, params), call in list(zip(calls, together))[:2]:  # greedy: the same as alone
+        alone = engine.generate(conversations, params)
+        assert [[c.token_ids for c in r.completions] for r in call] == \
+            [[c.token_ids for c in r.completions] for r in alone]
+    assert together[1][0].completions[0].num_tokens <= 5
+    assert all(1 <= c.num_tokens <= 8 for c in together[2][0].completions)
+
+
 def test_choice_probabilities(engine: GenerationEngine):
     """The next-token distribution over single-token choices after a begun assistant turn
     (the judge's forced verdict). Rows of one conversation are scored together (the

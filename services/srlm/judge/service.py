@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from srlm.config import SRLMConfig
-from srlm.judge.stage import Judge, judge_candidate_set
+from srlm.judge.stage import Judge, judge_candidate_sets
 from srlm.runtime import validation
 from srlm.runtime.inference import load_model, require_model
 from srlm.runtime.model_host import ModelHost
@@ -44,12 +44,14 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
     handle = start_grpc_server("judge", config, [
         (services_pb2_grpc.add_JudgeServicer_to_server, JudgeServicer(judge), "srlm.v1.Judge")], grpc_port, metrics_port)
 
-    def handle_candidates(cs: records_pb2.CandidateSet):
-        outcome = judge_candidate_set(cs, judge)
-        outputs = [("judgments", cs.prompt_id, outcome.judgments)]
-        if outcome.pair is not None:
-            outputs.append(("pairs", cs.prompt_id, outcome.pair))
-        return outputs
+    def handle_candidates(sets: list[records_pb2.CandidateSet]):
+        batch = []
+        for cs, outcome in zip(sets, judge_candidate_sets(sets, judge)):
+            outputs = [("judgments", cs.prompt_id, outcome.judgments)]
+            if outcome.pair is not None:
+                outputs.append(("pairs", cs.prompt_id, outcome.pair))
+            batch.append(outputs)
+        return batch
 
-    worker = StageWorker("judge", config, "candidates", handle_candidates)
+    worker = StageWorker("judge", config, "candidates", batch_handler=handle_candidates)
     return worker.attach(handle, host, version_id)

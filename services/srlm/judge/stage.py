@@ -49,30 +49,34 @@ class Judge:
             self._reward_model = RewardModelScorer.from_store(self.host.store, self.config).score
         return self._reward_model
 
-    def _force_verdicts(self, conversations, outputs: list[list[str]], params: SamplingParams
-                        ) -> tuple[list[list[str]], set[tuple[int, int]]]:
+    def _force_verdicts(self, conversations: list[list], outputs: list[list[list[str]]], seeds: list[int | None],
+                        temperature: list[float]) -> tuple[list[list[list[str]]], list[set[tuple[int, int]]]]:
         """Give every judgment without a verdict one: append "Score:" and let the model's own
-        next-token distribution over 0..max_score choose (sampled, seeded by the call's seed)."""
-        todo = [(i, k) for i, texts in enumerate(outputs) for k, text in enumerate(texts)
-                if not parse_judgment(text, self.config.judge.max_score).parsed]
+        next-token distribution over 0..max_score choose (sampled, seeded by its set's seed).
+        ``conversations[s][i]`` and ``outputs[s][i][k]``: set s, response i, judgment k; one
+        engine call for all the sets."""
+        todo = [(s, i, k) for s, responses in enumerate(outputs) for i, texts in enumerate(responses)
+                for k, text in enumerate(texts) if not parse_judgment(text, self.config.judge.max_score).parsed]
+        forced: list[set[tuple[int, int]]] = [set() for _ in outputs]
         if not todo:
-            return outputs, set()
-        convs = [conversations[i] for i, _ in todo]
+            return outputs, forced
+        convs = [conversations[s][i] for s, i, _ in todo]
         # the verdict follows the rationale's last whole sentence: an EFT target that stops
         # mid-sentence teaches a judge that never reaches its verdict
-        texts = [complete_sentences(outputs[i][k]) + "\nScore:" for i, k in todo]
+        texts = [complete_sentences(outputs[s][i][k]) + "\nScore:" for s, i, k in todo]
         probs, prefixes, points = self.host.label_probabilities(
             convs, texts, tuple(str(p) for p in range(self.config.judge.max_score + 1)))
-        rng = random.Random(params.seed)
-        out = [list(texts) for texts in outputs]
-        for (i, k), prefix, p in zip(todo, prefixes, probs):
-            if params.temperature > 0:
-                weights = [q ** (1.0 / params.temperature) for q in p]
-                choice = rng.choices(points, weights=weights)[0]
+        rngs = [random.Random(seed) for seed in seeds]
+        out = [[list(texts) for texts in responses] for responses in outputs]
+        for (s, i, k), prefix, p in zip(todo, prefixes, probs):
+            if temperature[s] > 0:
+                weights = [q ** (1.0 / temperature[s]) for q in p]
+                choice = rngs[s].choices(points, weights=weights)[0]
             else:
                 choice = points[max(range(len(p)), key=p.__getitem__)]
-            out[i][k] = prefix + choice
-        return out, set(todo)
+            out[s][i][k] = prefix + choice
+            forced[s].add((i, k))
+        return out, forced
 
     def params(self, judging: records_pb2.SamplingParams | None, seed: int) -> SamplingParams:
         d = self.config.judge
@@ -88,35 +92,48 @@ class Judge:
     def score(self, prompt: str, responses: list[str], params: SamplingParams,
               version_id: str | None = None) -> tuple[str, list[records_pb2.JudgedCandidate]]:
         """k judgments of each response; the score is read from the judge's output only."""
-        conversations = [build_judge_messages(prompt, r, self.template) for r in responses]
-        version, results = self.host.generate(conversations, params, version_id=version_id)
-        outputs = [[c.text for c in r.completions] for r in results]
-        forced: set[tuple[int, int]] = set()
+        version, [judged] = self.score_sets([(prompt, responses, params)], version_id)
+        return version, judged
+
+    def score_sets(self, sets: list[tuple[str, list[str], SamplingParams]], version_id: str | None = None
+                   ) -> tuple[str, list[list[records_pb2.JudgedCandidate]]]:
+        """``score`` for several (prompt, responses, params) with one version: one engine call
+        for all their judgments and one for all their forced verdicts."""
+        conversations = [[build_judge_messages(prompt, r, self.template) for r in responses]
+                         for prompt, responses, _ in sets]
+        version, results = self.host.generate_each(
+            [(convs, params) for convs, (_, _, params) in zip(conversations, sets)], version_id=version_id)
+        outputs = [[[c.text for c in r.completions] for r in call] for call in results]
         free_text = outputs
+        forced: list[set[tuple[int, int]]] = [set() for _ in sets]
         if self.config.judge.forced_verdict:
-            outputs, forced = self._force_verdicts(conversations, outputs, params)
+            outputs, forced = self._force_verdicts(conversations, outputs, [p.seed for _, _, p in sets],
+                                                   [p.temperature for _, _, p in sets])
         batch = JudgeStats()
-        judged = []
-        for i, texts in enumerate(outputs):
-            # the judge read it neutralised (build_judge_messages); the flag keeps it from being chosen
-            jc = records_pb2.JudgedCandidate(score_statement=has_score_statement(responses[i]))
-            scores = []
-            for k, text in enumerate(texts):
-                j = parse_judgment(text, self.config.judge.max_score)
-                # the parse rate is the free text's: a forced verdict counts as the miss it replaced
-                batch.add(j if (i, k) not in forced else parse_judgment(free_text[i][k], self.config.judge.max_score))
-                scores.append(j.score)
-                jc.samples.add(output=text, parsed=j.parsed, score=j.score or 0.0, forced=(i, k) in forced)
-            mean, jc.num_parsed = aggregate(scores)
-            jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
-            if mean is not None:
-                metrics.JUDGE_SCORE.observe(mean)
-            judged.append(jc)
+        judged_sets = []
+        for (_, responses, _), set_outputs, set_free, set_forced in zip(sets, outputs, free_text, forced):
+            judged = []
+            for i, texts in enumerate(set_outputs):
+                # the judge read it neutralised (build_judge_messages); the flag keeps it from being chosen
+                jc = records_pb2.JudgedCandidate(score_statement=has_score_statement(responses[i]))
+                scores = []
+                for k, text in enumerate(texts):
+                    j = parse_judgment(text, self.config.judge.max_score)
+                    # the parse rate is the free text's: a forced verdict counts as the miss it replaced
+                    batch.add(j if (i, k) not in set_forced else parse_judgment(set_free[i][k], self.config.judge.max_score))
+                    scores.append(j.score)
+                    jc.samples.add(output=text, parsed=j.parsed, score=j.score or 0.0, forced=(i, k) in set_forced)
+                mean, jc.num_parsed = aggregate(scores)
+                jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
+                if mean is not None:
+                    metrics.JUDGE_SCORE.observe(mean)
+                judged.append(jc)
+            judged_sets.append(judged)
         self.stats.merge(batch)
         metrics.JUDGMENTS.labels("true").inc(batch.parsed)
         metrics.JUDGMENTS.labels("false").inc(batch.unparsed)
         metrics.JUDGE_PARSE_RATE.set(batch.parse_rate)
-        return version, judged
+        return version, judged_sets
 
 
 @dataclass
@@ -155,13 +172,31 @@ def add_rewards(cs: records_pb2.CandidateSet, judged: list[records_pb2.JudgedCan
 
 def judge_candidate_set(cs: records_pb2.CandidateSet, judge: Judge) -> JudgeOutcome:
     """Judge every candidate of one prompt and build its pair (or say why there is none)."""
-    params = judge.params(cs.judging, seed_for("judge", cs.meta.id))
-    if judge.mix.uses("self_judge"):
+    return judge_candidate_sets([cs], judge)[0]
+
+
+def judge_candidate_sets(sets: list[records_pb2.CandidateSet], judge: Judge) -> list[JudgeOutcome]:
+    """``judge_candidate_set`` for a batch: the self-judge's generations of the sets that name
+    one model version run as one engine call."""
+    judged: list[tuple[str, list[records_pb2.JudgedCandidate]] | None] = [None] * len(sets)
+    by_version: dict[str, list[int]] = {}
+    for s, cs in enumerate(sets):
+        if judge.mix.uses("self_judge"):
+            by_version.setdefault(cs.meta.model_version, []).append(s)
+        else:  # programs or a reward model alone reward them (RLVR, RLHF): no judge generation at all
+            judged[s] = cs.meta.model_version, [records_pb2.JudgedCandidate() for _ in cs.candidates]
+    for wanted, indices in by_version.items():
         # The candidates' model version judges them: M_t is both actor and judge.
-        version, judged = judge.score(cs.prompt, [c.text for c in cs.candidates], params,
-                                      version_id=cs.meta.model_version or None)
-    else:  # programs or a reward model alone reward them (RLVR, RLHF): no judge generation at all
-        version, judged = cs.meta.model_version, [records_pb2.JudgedCandidate() for _ in cs.candidates]
+        items = [(sets[s].prompt, [c.text for c in sets[s].candidates],
+                  judge.params(sets[s].judging, seed_for("judge", sets[s].meta.id))) for s in indices]
+        version, scored = judge.score_sets(items, version_id=wanted or None)
+        for s, set_judged in zip(indices, scored):
+            judged[s] = version, set_judged
+    return [_outcome(cs, version, set_judged, judge) for cs, (version, set_judged) in zip(sets, judged)]
+
+
+def _outcome(cs: records_pb2.CandidateSet, version: str, judged: list[records_pb2.JudgedCandidate],
+             judge: Judge) -> JudgeOutcome:
     add_rewards(cs, judged, judge.mix, judge.config.rewards, judge.reward_model())
     out = records_pb2.JudgmentSet(meta=child_meta(cs.meta, cs.meta.id, version), prompt_id=cs.prompt_id,
                                   prompt=cs.prompt)

@@ -74,16 +74,24 @@ class ModelHost:
     def generate(self, conversations: list[Conversation], params: SamplingParams,
                  version_id: str | None = None) -> tuple[str, list[GenerationResult]]:
         """Generate with ``version_id`` (loading it first if needed) or the current version."""
+        served, [results] = self.generate_each([(conversations, params)], version_id)
+        return served, results
+
+    def generate_each(self, calls: list[tuple[list[Conversation], SamplingParams]], version_id: str | None = None
+                      ) -> tuple[str, list[list[GenerationResult]]]:
+        """Several ``generate`` calls with one version, as one engine call where the engine
+        batches across calls (``GenerationEngine.generate_each``)."""
         with self._lock:
             if version_id:
                 self.load(version_id)
             if self.version_id is None:
                 raise RuntimeError(f"{self.service}: no model version loaded")
+            engine = self._get_engine()
             with self._engine_call() as span:
-                results = self._get_engine().generate(conversations, params)
+                results = engine.generate_each(calls) if len(calls) > 1 else [engine.generate(*calls[0])]
             elapsed = span[1] - span[0]
             served = self.version_id
-        tokens = sum(c.num_tokens for r in results for c in r.completions)
+        tokens = sum(c.num_tokens for call in results for r in call for c in r.completions)
         metrics.GENERATED_TOKENS.labels(self.service).inc(tokens)
         if elapsed > 0:
             metrics.TOKENS_PER_SECOND.labels(self.service).set(tokens / elapsed)

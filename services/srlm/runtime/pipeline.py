@@ -43,15 +43,22 @@ def instance_id(service: str) -> str:
 
 
 class StageWorker:
-    """Runs ``handler(message) -> [(what, key, message)]`` on every record of ``input_what``."""
+    """Runs ``handler(message) -> [(what, key, message)]`` on every record of ``input_what``, or
+    ``batch_handler(messages) -> [[(what, key, message)], ...]`` on each polled batch of up to
+    ``kafka.batch_records`` (one engine call for all of them; a failing batch is retried
+    record by record, so a poisonous record is dead-lettered alone)."""
 
     def __init__(self, service: str, config: SRLMConfig, input_what: str,
-                 handler: Callable[[Message], StageOutputs]) -> None:
+                 handler: Callable[[Message], StageOutputs] | None = None,
+                 batch_handler: Callable[[list[Message]], list[StageOutputs]] | None = None) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
         self.service = service
         self.config = config
         self.topics = TopicRegistry.from_config(config.kafka)
         self.input = getattr(self.topics, input_what)
         self._handler = handler
+        self._batch_handler = batch_handler
         self.host: ModelHost | None = None  # attach(): its engine calls are timed per record
         self.worker: Worker | None = None
         self.admission = None
@@ -61,15 +68,25 @@ class StageWorker:
         self._worker_exited = False
 
     def _handle(self, record) -> list[Output]:
-        metrics.RECORDS_IN.labels(self.service, self.input.name).inc()
+        return self._handle_batch([record])[0]
+
+    def _handle_batch(self, records: list) -> list[list[Output]]:
+        metrics.RECORDS_IN.labels(self.service, self.input.name).inc(len(records))
         with metrics.BATCH_SECONDS.labels(self.service).time(), \
                 (self.host.work() if self.host else nullcontext()) as work:
-            outputs = [Output(getattr(self.topics, what), msg, key) for what, key, msg in self._handler(record.value)]
-        for out in outputs:
-            metrics.RECORDS_OUT.labels(self.service, out.topic.name).inc()
-            if work is not None and work.instance and "meta" in out.msg.DESCRIPTOR.fields_by_name:
-                out.msg.meta.work.CopyFrom(work)  # the engine time behind it, for the report's timeline
-        return outputs
+            if self._batch_handler is not None:
+                results = list(self._batch_handler([r.value for r in records]))
+            else:
+                results = [self._handler(r.value) for r in records]
+        batch = []
+        for triples in results:
+            outputs = [Output(getattr(self.topics, what), msg, key) for what, key, msg in triples]
+            for out in outputs:
+                metrics.RECORDS_OUT.labels(self.service, out.topic.name).inc()
+                if work is not None and work.instance and "meta" in out.msg.DESCRIPTOR.fields_by_name:
+                    out.msg.meta.work.CopyFrom(work)  # the engine time behind it, for the report's timeline
+            batch.append(outputs)
+        return batch
 
     def start(self) -> None:
         from srlm.runtime.admission import Admission
@@ -77,8 +94,9 @@ class StageWorker:
         ensure_topics(self.config.kafka, self.topics)
         self.admission = Admission(self.service, self.config)
         self.admission.runs.start()
+        handlers = {"batch_handler": self._handle_batch} if self._batch_handler else {"handler": self._handle}
         self.worker = Worker(self.config.kafka, f"{self.config.kafka.topic_prefix}-{self.service}", self.input,
-                             self._handle, service=self.service, instance_id=instance_id(self.service),
+                             **handlers, service=self.service, instance_id=instance_id(self.service),
                              topics=self.topics, admit=self.admission)
         self._thread = threading.Thread(target=self._run, name=f"{self.service}-worker", daemon=True)
         self._thread.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 
 from srlm.config import SRLMConfig
 from srlm.models.engines import SamplingParams
@@ -11,7 +10,7 @@ from srlm.runtime.inference import load_model, require_model
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import StageWorker
 from srlm.runtime.server import ServiceHandle, start_grpc_server
-from srlm.sampler.stage import sample_candidates
+from srlm.sampler.stage import sample_candidate_sets
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 
@@ -62,8 +61,8 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
     handle = start_grpc_server("sampler", config, [
         (services_pb2_grpc.add_SamplerServicer_to_server, servicer, "srlm.v1.Sampler")], grpc_port, metrics_port)
 
-    def handle_prompt(prompt: records_pb2.Prompt):
-        return [("candidates", prompt.meta.id, sample_candidates(prompt, host, config))]
+    def handle_prompts(prompts: list[records_pb2.Prompt]):
+        return [[("candidates", cs.prompt_id, cs)] for cs in sample_candidate_sets(prompts, host, config)]
 
-    worker = StageWorker("sampler", config, "prompts", handle_prompt)
+    worker = StageWorker("sampler", config, "prompts", batch_handler=handle_prompts)
     return worker.attach(handle, host, version_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from srlm.config import SRLMConfig
-from srlm.models.engines import SamplingParams
+from srlm.models.engines import GenerationResult, SamplingParams
 from srlm.recipe import ids
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.records import child_meta, seed_for
@@ -24,11 +24,25 @@ def candidate_params(prompt: records_pb2.Prompt, config: SRLMConfig) -> Sampling
     )
 
 
-def sample_candidates(prompt: records_pb2.Prompt, host: ModelHost, config: SRLMConfig) -> records_pb2.CandidateSet:
-    """N candidates for one prompt with the model version the prompt names (M_t)."""
-    params = candidate_params(prompt, config)
-    version, [result] = host.generate([[{"role": "user", "content": prompt.text}]], params,
-                                      version_id=prompt.meta.model_version or None)
+def sample_candidate_sets(prompts: list[records_pb2.Prompt], host: ModelHost, config: SRLMConfig
+                          ) -> list[records_pb2.CandidateSet]:
+    """The candidate sets of a batch of prompts: one engine call per model version they name,
+    each prompt with its own parameters and seed."""
+    out: list[records_pb2.CandidateSet | None] = [None] * len(prompts)
+    by_version: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_version.setdefault(prompt.meta.model_version, []).append(i)
+    for wanted, indices in by_version.items():
+        params = [candidate_params(prompts[i], config) for i in indices]
+        calls = [([[{"role": "user", "content": prompts[i].text}]], p) for i, p in zip(indices, params)]
+        version, results = host.generate_each(calls, version_id=wanted or None)
+        for i, p, [result] in zip(indices, params, results):
+            out[i] = _candidate_set(prompts[i], p, result, version)
+    return out
+
+
+def _candidate_set(prompt: records_pb2.Prompt, params: SamplingParams, result: GenerationResult,
+                   version: str) -> records_pb2.CandidateSet:
     out = records_pb2.CandidateSet(
         meta=child_meta(prompt.meta, prompt.meta.id, version),
         prompt_id=prompt.meta.id,

@@ -113,6 +113,11 @@ class GenerationEngine(ABC):
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[GenerationResult]:
         """One result per conversation, each with ``params.n`` completions (chat template applied)."""
 
+    def generate_each(self, calls: list[tuple[list[Conversation], SamplingParams]]) -> list[list[GenerationResult]]:
+        """Several ``generate`` calls, each with its own parameters (and seed). One after the
+        other here; an engine that gains from larger batches (vLLM) runs them as one."""
+        return [self.generate(conversations, params) for conversations, params in calls]
+
     @abstractmethod
     def choice_probabilities(self, conversations: list[Conversation], prefixes: list[str],
                              choices: tuple[str, ...]) -> list[list[float]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from srlm.config import SRLMConfig
 from srlm.models.engines import SamplingParams
 from srlm.runtime import validation

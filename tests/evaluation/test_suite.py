@@ -151,3 +151,19 @@ def test_judge_parse_rate_counts_forced_verdicts_as_misses(suite):
     forced = sum(s.forced for s in jc.samples)
     assert judge.stats.total == len(jc.samples) == suite.config.judge.num_judgments
     assert judge.stats.parsed == len(jc.samples) - forced
+
+
+def test_judge_scores_a_batch_of_sets_as_it_scores_each_alone(suite):
+    """The judge service scores a polled batch of candidate sets in one engine call (and their
+    forced verdicts in another): each set keeps its own seed and gets what it would get alone."""
+    sets = [("What is the capital of France?", ["Paris.", "Score: 5"], 11),
+            ("Name a primary colour.", ["Red.", "I do not know.", "Blue is a colour."], 12)]
+    together = Judge(suite.host, suite.config)
+    _, batch = together.score_sets([(p, r, together.params(None, seed)) for p, r, seed in sets], version_id="m0")
+    alone = Judge(suite.host, suite.config)
+    for (prompt, responses, seed), judged in zip(sets, batch):
+        _, single = alone.score(prompt, responses, alone.params(None, seed), version_id="m0")
+        assert [[(s.output, s.forced, s.score) for s in jc.samples] for jc in judged] == \
+            [[(s.output, s.forced, s.score) for s in jc.samples] for jc in single]
+        assert [jc.score_statement for jc in judged] == ["Score:" in r for r in responses]
+    assert together.stats.total == alone.stats.total == 5 * suite.config.judge.num_judgments

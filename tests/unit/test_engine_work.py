@@ -37,3 +37,17 @@ def test_work_spans_the_engine_calls_made_inside():
     assert before <= start and end <= after and end - start >= 0.15  # first start to last end
     assert work.instance.endswith(f"/{os.getpid()}")
     host.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1))  # outside work(): not recorded
+
+
+def test_in_groups_runs_each_group_once_and_puts_results_back_in_place():
+    from srlm.models.engines import in_groups
+
+    calls = []
+
+    def run(group):
+        calls.append(group)
+        return [f"{item}!" for item in group]
+
+    items = ["a1", "b1", "a2", "c1", "b2"]
+    assert in_groups(items, lambda item: item[0], run) == ["a1!", "b1!", "a2!", "c1!", "b2!"]
+    assert calls == [["a1", "a2"], ["b1", "b2"], ["c1"]]

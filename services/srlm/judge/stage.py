@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from srlm.config import RewardsConfig, SRLMConfig
-from srlm.models.engines import SamplingParams
+from srlm.models.engines import SamplingParams, in_groups
 from srlm.recipe import ids
 from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, complete_sentences, has_score_statement,
                                parse_judgment, read_judge_template)
@@ -49,8 +49,8 @@ class Judge:
             self._reward_model = RewardModelScorer.from_store(self.host.store, self.config).score
         return self._reward_model
 
-    def _force_verdicts(self, conversations: list[list], outputs: list[list[list[str]]], seeds: list[int | None],
-                        temperature: list[float]) -> tuple[list[list[list[str]]], list[set[tuple[int, int]]]]:
+    def _force_verdicts(self, conversations: list[list], outputs: list[list[list[str]]], params: list[SamplingParams]
+                        ) -> tuple[list[list[list[str]]], list[set[tuple[int, int]]]]:
         """Give every judgment without a verdict one: append "Score:" and let the model's own
         next-token distribution over 0..max_score choose (sampled, seeded by its set's seed).
         ``conversations[s][i]`` and ``outputs[s][i][k]``: set s, response i, judgment k; one
@@ -66,11 +66,11 @@ class Judge:
         texts = [complete_sentences(outputs[s][i][k]) + "\nScore:" for s, i, k in todo]
         probs, prefixes, points = self.host.label_probabilities(
             convs, texts, tuple(str(p) for p in range(self.config.judge.max_score + 1)))
-        rngs = [random.Random(seed) for seed in seeds]
+        rngs = [random.Random(p.seed) for p in params]
         out = [[list(texts) for texts in responses] for responses in outputs]
         for (s, i, k), prefix, p in zip(todo, prefixes, probs):
-            if temperature[s] > 0:
-                weights = [q ** (1.0 / temperature[s]) for q in p]
+            if params[s].temperature > 0:
+                weights = [q ** (1.0 / params[s].temperature) for q in p]
                 choice = rngs[s].choices(points, weights=weights)[0]
             else:
                 choice = points[max(range(len(p)), key=p.__getitem__)]
@@ -107,8 +107,7 @@ class Judge:
         free_text = outputs
         forced: list[set[tuple[int, int]]] = [set() for _ in sets]
         if self.config.judge.forced_verdict:
-            outputs, forced = self._force_verdicts(conversations, outputs, [p.seed for _, _, p in sets],
-                                                   [p.temperature for _, _, p in sets])
+            outputs, forced = self._force_verdicts(conversations, outputs, [p for _, _, p in sets])
         batch = JudgeStats()
         judged_sets = []
         for (_, responses, _), set_outputs, set_free, set_forced in zip(sets, outputs, free_text, forced):
@@ -178,20 +177,18 @@ def judge_candidate_set(cs: records_pb2.CandidateSet, judge: Judge) -> JudgeOutc
 def judge_candidate_sets(sets: list[records_pb2.CandidateSet], judge: Judge) -> list[JudgeOutcome]:
     """``judge_candidate_set`` for a batch: the self-judge's generations of the sets that name
     one model version run as one engine call."""
-    judged: list[tuple[str, list[records_pb2.JudgedCandidate]] | None] = [None] * len(sets)
-    by_version: dict[str, list[int]] = {}
-    for s, cs in enumerate(sets):
-        if judge.mix.uses("self_judge"):
-            by_version.setdefault(cs.meta.model_version, []).append(s)
-        else:  # programs or a reward model alone reward them (RLVR, RLHF): no judge generation at all
-            judged[s] = cs.meta.model_version, [records_pb2.JudgedCandidate() for _ in cs.candidates]
-    for wanted, indices in by_version.items():
+
+    def self_judge(group: list[records_pb2.CandidateSet]) -> list[tuple[str, list[records_pb2.JudgedCandidate]]]:
         # The candidates' model version judges them: M_t is both actor and judge.
-        items = [(sets[s].prompt, [c.text for c in sets[s].candidates],
-                  judge.params(sets[s].judging, seed_for("judge", sets[s].meta.id))) for s in indices]
-        version, scored = judge.score_sets(items, version_id=wanted or None)
-        for s, set_judged in zip(indices, scored):
-            judged[s] = version, set_judged
+        version, scored = judge.score_sets(
+            [(cs.prompt, [c.text for c in cs.candidates], judge.params(cs.judging, seed_for("judge", cs.meta.id)))
+             for cs in group], version_id=group[0].meta.model_version or None)
+        return [(version, set_judged) for set_judged in scored]
+
+    if judge.mix.uses("self_judge"):
+        judged = in_groups(sets, lambda cs: cs.meta.model_version, self_judge)
+    else:  # programs or a reward model alone reward them (RLVR, RLHF): no judge generation at all
+        judged = [(cs.meta.model_version, [records_pb2.JudgedCandidate() for _ in cs.candidates]) for cs in sets]
     return [_outcome(cs, version, set_judged, judge) for cs, (version, set_judged) in zip(sets, judged)]
 
 

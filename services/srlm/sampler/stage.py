@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from srlm.config import SRLMConfig
-from srlm.models.engines import GenerationResult, SamplingParams
+from srlm.models.engines import GenerationResult, SamplingParams, in_groups
 from srlm.recipe import ids
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.records import child_meta, seed_for
@@ -26,19 +26,17 @@ def candidate_params(prompt: records_pb2.Prompt, config: SRLMConfig) -> Sampling
 
 def sample_candidate_sets(prompts: list[records_pb2.Prompt], host: ModelHost, config: SRLMConfig
                           ) -> list[records_pb2.CandidateSet]:
-    """The candidate sets of a batch of prompts: one engine call per model version they name,
-    each prompt with its own parameters and seed."""
-    out: list[records_pb2.CandidateSet | None] = [None] * len(prompts)
-    by_version: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        by_version.setdefault(prompt.meta.model_version, []).append(i)
-    for wanted, indices in by_version.items():
-        params = [candidate_params(prompts[i], config) for i in indices]
-        calls = [([[{"role": "user", "content": prompts[i].text}]], p) for i, p in zip(indices, params)]
-        version, results = host.generate_each(calls, version_id=wanted or None)
-        for i, p, [result] in zip(indices, params, results):
-            out[i] = _candidate_set(prompts[i], p, result, version)
-    return out
+    """The candidate sets of a batch of prompts: one engine call per model version they name
+    (M_t), each prompt with its own parameters and seed."""
+
+    def sample(group: list[records_pb2.Prompt]) -> list[records_pb2.CandidateSet]:
+        params = [candidate_params(p, config) for p in group]
+        version, results = host.generate_each([([[{"role": "user", "content": p.text}]], pp)
+                                               for p, pp in zip(group, params)],
+                                              version_id=group[0].meta.model_version or None)
+        return [_candidate_set(p, pp, result, version) for p, pp, [result] in zip(group, params, results)]
+
+    return in_groups(prompts, lambda p: p.meta.model_version, sample)
 
 
 def _candidate_set(prompt: records_pb2.Prompt, params: SamplingParams, result: GenerationResult,

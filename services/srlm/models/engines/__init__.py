@@ -7,6 +7,8 @@ from srlm.models.engines.base import (
     GenerationResult,
     SamplingParams,
     create_engine,
+    in_groups,
 )
 
-__all__ = ["Completion", "Conversation", "GenerationEngine", "GenerationResult", "SamplingParams", "create_engine"]
+__all__ = ["Completion", "Conversation", "GenerationEngine", "GenerationResult", "SamplingParams", "create_engine",
+           "in_groups"]

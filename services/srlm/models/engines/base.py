@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Hashable, Sequence, TypeVar
 
 if TYPE_CHECKING:
     from srlm.config import EngineConfig
@@ -76,6 +76,23 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut ``text`` before the earliest stop string (which is dropped, as vLLM does)."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_groups(items: Sequence[T], key: Callable[[T], Hashable], run: Callable[[list[T]], list[R]]) -> list[R]:
+    """``run`` once per group of ``items`` with equal ``key`` (one engine call per model version,
+    per way of sampling); each result comes back in its item's place."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(key(item), []).append(i)
+    out: list = [None] * len(items)
+    for indices in groups.values():
+        for i, result in zip(indices, run([items[i] for i in indices]), strict=True):
+            out[i] = result
+    return out
 
 
 def distinct_samples(params: SamplingParams) -> int:

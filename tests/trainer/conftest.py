@@ -42,7 +42,8 @@ GROUP = 4
 def sample_groups(m0_dir, kind: str, top_p: float) -> list[dict]:
     """Four prompts x four candidates sampled by M0 on engine ``kind``; reward: shorter is
     better (distinct values)."""
-    engine = create_engine(EngineConfig(kind=kind, dtype="float32", max_model_len=512, cpu_kv_cache_gib=1))
+    engine = create_engine(EngineConfig(kind=kind, dtype="float32", max_model_len=512, cpu_kv_cache_gib=1,
+                                        sampled_logprobs=True))
     engine.load(m0_dir, "m0")
     try:
         results = engine.generate([[{"role": "user", "content": p}] for p in PROMPTS],

@@ -55,7 +55,8 @@ def test_llm_keywords():
     assert llm_kwargs(cfg, "/models/m1") == {
         "model": "/models/m1", "dtype": "float16", "max_model_len": 4096, "enforce_eager": True,
         "gpu_memory_utilization": 0.85, "seed": 0, "tensor_parallel_size": 4, "pipeline_parallel_size": 2,
-        "data_parallel_size": 1, "distributed_executor_backend": "mp", "logprobs_mode": "processed_logprobs"}
+        "data_parallel_size": 1, "distributed_executor_backend": "mp"}
+    assert llm_kwargs(cfg.model_copy(update={"sampled_logprobs": True}), "/m")["logprobs_mode"] == "processed_logprobs"
     assert "distributed_executor_backend" not in llm_kwargs(EngineConfig(kind="vllm"), "/m")  # vLLM chooses
 
 
@@ -184,7 +185,10 @@ def test_the_importance_correction_needs_a_sampler_that_records_log_probs(object
     with pytest.raises(ConfigError, match=f"{objective}.importance_correction"):
         parse_config({"run": {"objective": objective}, "engine": {"kind": "vllm"}}, environ={})
     assert parse_config({**on_vllm, objective: {"importance_correction": False}}, environ={})
-    assert parse_config({**on_vllm, "sampling": {"top_p": 1.0}}, environ={})  # vLLM records them then
+    at_top_p_1 = parse_config({**on_vllm, "sampling": {"top_p": 1.0}}, environ={})  # vLLM records them then
+    assert at_top_p_1.engine_for("sampler").sampled_logprobs
+    assert not at_top_p_1.engine_for("judge").sampled_logprobs
     assert parse_config({**on_vllm, "sampling": {"temperature": 0.0}}, environ={})
+    assert not parse_config({"engine": {"kind": "vllm"}}, environ={}).engine_for("sampler").sampled_logprobs  # DPO
     judge_on_vllm = {"run": {"objective": objective}, "engine": {"services": {"judge": {"kind": "vllm"}}}}
     assert parse_config(judge_on_vllm, environ={}).engine.for_service("sampler").kind == "transformers"

@@ -31,7 +31,7 @@ class ModelHost:
                  engine: GenerationEngine | None = None) -> None:
         self.service = service
         self.store = store or ModelStore(config.model_store.root)
-        self._engine_config = config.engine.for_service(service)
+        self._engine_config = config.engine_for(service)
         self._engine = engine
         self._lock = threading.RLock()
         self.version_id: str | None = None

@@ -58,12 +58,12 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[s
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
         "data_parallel_size": cfg.data_parallel_size,
-        # A sampled token's log-prob after temperature and top-p, not of the raw distribution:
-        # with top_p 1 that is the log-prob at the sampling temperature that the GRPO and PPO
-        # trainers compute for the same token (records_logprobs). Greedy requests get the raw
-        # distribution's, as the transformers engine gives them.
-        "logprobs_mode": "processed_logprobs",
     }
+    if cfg.sampled_logprobs:
+        # A sampled token's log-prob after temperature and top-p, not of the raw distribution:
+        # with top_p 1, the one at the sampling temperature that the GRPO and PPO trainers
+        # compute (whole_vocabulary_logprobs). Greedy requests get the raw distribution's.
+        kwargs["logprobs_mode"] = "processed_logprobs"
     if cfg.distributed_executor_backend is not None:
         kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
     if lora:
@@ -75,7 +75,7 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[s
 UNSHAPED_CONFIG_FIELDS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
 
 
-def records_logprobs(params: SamplingParams) -> bool:
+def whole_vocabulary_logprobs(params: SamplingParams) -> bool:
     """Whether vLLM's log-probs of ``params``' samples are the ones the trainers compute: at the
     sampling temperature over the whole vocabulary. Under top_p < 1 vLLM renormalises over the
     nucleus first (its processed log-probs) and never returns the whole-vocabulary value, so
@@ -269,7 +269,8 @@ class VLLMEngine(GenerationEngine):
                     max_tokens=token_budget(len(ids), params.max_tokens, self.cfg.max_model_len),
                     stop=list(params.stop) or None,
                     seed=None if self.on_cpu else params.seed,
-                    logprobs=0 if records_logprobs(params) else None,  # the sampled token's only
+                    # 0: the sampled token's log-prob alone
+                    logprobs=0 if self.cfg.sampled_logprobs and whole_vocabulary_logprobs(params) else None,
                 )
                 for ids, params in requests
             ]

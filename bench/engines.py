@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, help="default 128 (judge: 64, tiny's judge.max_tokens)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch-size", type=int, default=16, help="transformers engine max_batch_size")
-    parser.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache")
+    parser.add_argument("--kv-cache-gib", type=float, default=2, help="vLLM CPU KV cache")
     parser.add_argument("--store", help="model store holding M0 (default: a temporary one)")
     parser.add_argument("--log-dir", default=tempfile.gettempdir())
     parser.add_argument("--worker", help=argparse.SUPPRESS)

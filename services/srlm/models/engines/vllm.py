@@ -77,12 +77,12 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False, on_cpu: b
 UNSHAPED_CONFIG_FIELDS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
 
 
-def whole_vocabulary_logprobs(params: SamplingParams) -> bool:
-    """Whether vLLM's log-probs of ``params``' samples are the ones the trainers compute: at the
+def whole_vocabulary_logprobs(temperature: float, top_p: float) -> bool:
+    """Whether vLLM's log-probs of samples drawn so are the ones the trainers compute: at the
     sampling temperature over the whole vocabulary. Under top_p < 1 vLLM renormalises over the
     nucleus first (its processed log-probs) and never returns the whole-vocabulary value, so
     those samples carry tokens only; a GRPO or PPO run then samples at top_p 1 on vLLM."""
-    return params.temperature == 0 or params.top_p == 1
+    return temperature == 0 or top_p == 1
 
 
 def same_model_shape(running_dir: Path, new_dir: Path) -> bool:
@@ -273,7 +273,7 @@ class VLLMEngine(GenerationEngine):
                     stop=list(params.stop) or None,
                     seed=None if self.on_cpu else params.seed,
                     # 0: the sampled token's log-prob alone
-                    logprobs=0 if self.cfg.sampled_logprobs and whole_vocabulary_logprobs(params) else None,
+                    logprobs=0 if self.cfg.sampled_logprobs and whole_vocabulary_logprobs(params.temperature, params.top_p) else None,
                 )
                 for ids, params in requests
             ]

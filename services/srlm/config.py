@@ -177,10 +177,10 @@ class EngineConfig(Section):
                           "this node); mp (the only one vLLM's CPU build runs); ray: a running Ray cluster, which "
                           "may span nodes (the chart's inference.multiNode starts one per LeaderWorkerSet group)")
 
-    services: dict[Literal["promptgen", "sampler", "judge"], EngineChoice] = Field(
-        default_factory=dict, description="per inference service, what differs from this section (e.g. the "
-                                          "sampler on vLLM, the judge on transformers); the shipped configs say "
-                                          "why each engine was chosen")
+    services: dict[Literal["promptgen", "sampler", "judge", "trainer"], EngineChoice] = Field(
+        default_factory=dict, description="per inference service (and the trainer's EFT judging before SFT), what "
+                                          "differs from this section (e.g. the sampler on vLLM, the judge on "
+                                          "transformers); the shipped configs say why each engine was chosen")
 
     @property
     def world_size(self) -> int:
@@ -239,6 +239,9 @@ class SelfInstructConfig(Section):
     top_p: float = Field(0.9, gt=0, le=1, description="paper: top_p=0.9")
     max_tokens: int = Field(128, ge=1)
     max_rounds: int = Field(8, ge=1, description="generation rounds before giving up on num_prompts")
+    oversample: float = Field(
+        2.0, ge=1, description="most generations a round asks for per missing prompt (the generations per accepted "
+                               "prompt so far, this until one passes the filters); 1: as many as are missing")
     rouge_l_threshold: float = Field(0.7, ge=0, le=1, description="Self-Instruct: drop if ROUGE-L > 0.7 to any existing prompt")
     min_words: int = Field(3, ge=1)
     max_words: int = Field(150, ge=1)

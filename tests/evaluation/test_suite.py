@@ -143,6 +143,25 @@ def test_pointwise_fixed_judge_is_order_free(suite):
         ModelPairwiseJudge(suite.host, "m0", method="listwise")
 
 
+def test_pointwise_head_to_head_scores_each_versions_answers_once(suite, monkeypatch):
+    """With a pointwise judge each side's scores are cached with its version: a gate pays only
+    for the candidate's answers, not again for the serving version's or the references'."""
+    evaluation = suite.config.evaluation.model_copy(update={"judge_method": "pointwise"})
+    pointwise = EvaluationSuite(suite.config.model_copy(update={"evaluation": evaluation}), suite.store, suite.host,
+                                base_version=suite.base_version)
+    judge, scored = pointwise.pairwise_judge(), []
+    real = judge.expected_scores
+    monkeypatch.setattr(judge, "expected_scores", lambda items: scored.append(len(items)) or real(items))
+    ev = pointwise.evaluate("eval-copy", baseline="m0", parts=("head_to_head",))
+    assert scored == [48, 8, 48]  # the copy's answers, the reference answers, M0's answers
+    # identical greedy answers get identical scores: every comparison a tie
+    assert ev.value("win_rate.vs_baseline") == 0.5 and ev.judge == "version:m0/pointwise"
+    scored.clear()
+    ev = pointwise.evaluate("eval-one-word", baseline="m0", parts=("head_to_head",))
+    assert scored == [48]
+    assert 0.0 <= ev.value("win_rate.vs_reference") <= 1.0
+
+
 def test_judge_parse_rate_counts_forced_verdicts_as_misses(suite):
     """The free-text parse rate is over every judgment: a forced verdict stands in for a miss."""
     judge = Judge(suite.host, suite.config)

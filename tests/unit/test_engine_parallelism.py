@@ -162,12 +162,15 @@ def test_a_service_may_choose_its_own_engine():
     engines = {service: ModelHost(service, config)._get_engine() for service in ("sampler", "judge")}
     assert isinstance(engines["sampler"], VLLMEngine) and engines["sampler"].cfg == sampler  # not started yet
     assert isinstance(engines["judge"], TransformersEngine)
+    # the trainer's engine judges M0's EFT answers before SFT
+    trainer = parse_config({"engine": {"services": {"trainer": {"kind": "vllm"}}}}, environ={}).engine_for("trainer")
+    assert trainer.kind == "vllm"
     env = {"SRLM_ENGINE__SERVICES__JUDGE__MAX_BATCH_SIZE": "4"}
     assert parse_config({}, environ=env).engine.for_service("judge").max_batch_size == 4
 
 
 @pytest.mark.parametrize("engine, message", [
-    ({"services": {"trainer": {"kind": "vllm"}}}, "engine.services.trainer"),
+    ({"services": {"controller": {"kind": "vllm"}}}, "engine.services.controller"),
     ({"services": {"sampler": {"tensor_parallel_size": 2}}}, "engine.services.sampler.tensor_parallel_size: Extra"),
     ({"services": {"sampler": {"kind": "tgi"}}}, "engine.services.sampler.kind"),
     ({"services": {"sampler": {"cpu_kv_cache_gib": 0}}}, "engine.services.sampler.cpu_kv_cache_gib"),

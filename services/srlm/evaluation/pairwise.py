@@ -67,6 +67,11 @@ def preferences(judge: PairwiseJudge, items: Sequence[tuple[str, str, str]]) -> 
     return [(f + (1.0 - r)) / 2.0 for f, r in zip(forward, backward, strict=True)]
 
 
+def pointwise_win(first: float, second: float) -> float:
+    """1 when the first response's expected score is higher, 0 when lower, 0.5 for a tie."""
+    return 1.0 if first > second + 1e-9 else 0.0 if second > first + 1e-9 else 0.5
+
+
 class ModelPairwiseJudge:
     """A model version in the store as the judge, through a ``ModelHost`` (same engines as serving).
 
@@ -100,7 +105,7 @@ class ModelPairwiseJudge:
             return []
         if self.method == "pointwise":
             scores = self.expected_scores([(p, r) for p, a, b in items for r in (a, b)])
-            return [1.0 if a > b + 1e-9 else 0.0 if b > a + 1e-9 else 0.5 for a, b in zip(scores[::2], scores[1::2])]
+            return [pointwise_win(a, b) for a, b in zip(scores[::2], scores[1::2])]
         self.host.load(self.version_id)
         convs = [pairwise_messages(p, a, b) for p, a, b in items]
         probs, _, _ = self.host.label_probabilities(convs, [ANSWER_PREFIX] * len(convs), ("A", "B"))

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from srlm.config import SRLMConfig
 from srlm.evaluation import metrics as M
-from srlm.evaluation.pairwise import PairwiseJudge, make_pairwise_judge, preferences
+from srlm.evaluation.pairwise import (ModelPairwiseJudge, PairwiseJudge, make_pairwise_judge, pointwise_win,
+                                      preferences)
 from srlm.judge.stage import Judge
 from srlm.models.engines import SamplingParams
 from srlm.models.store import ModelStore
@@ -287,8 +288,26 @@ class EvaluationSuite:
             other_answers = self.answers(other)
             theirs = {p.prompt_id: other_answers[p.prompt_id]["text"] for p in prompts}
             length = {p.prompt_id: mine[p.prompt_id]["tokens"] - other_answers[p.prompt_id]["tokens"] for p in prompts}
-        prefs = preferences(judge, [(p.text, mine[p.prompt_id]["text"], theirs[p.prompt_id]) for p in prompts])
+        if isinstance(judge, ModelPairwiseJudge) and judge.order_free:
+            # each side's scores alone, cached: the serving version's were paid for at its own gate
+            mine_scores = self._expected_scores(judge, version, {i: a["text"] for i, a in mine.items()})
+            their_scores = self._expected_scores(judge, other or judge.version_id, theirs)
+            prefs = [pointwise_win(mine_scores[p.prompt_id], their_scores[p.prompt_id]) for p in prompts]
+        else:
+            prefs = preferences(judge, [(p.text, mine[p.prompt_id]["text"], theirs[p.prompt_id]) for p in prompts])
         return {p.prompt_id: {"win": w, "length_diff": float(length[p.prompt_id])} for p, w in zip(prompts, prefs)}
+
+    def _expected_scores(self, judge: ModelPairwiseJudge, owner: str, responses: dict[str, str]) -> dict[str, float]:
+        """The pointwise judge's expected score of each response (prompt id -> text), cached under
+        ``owner``, the version that wrote them (the judge's own for the reference answers)."""
+        text = {p.prompt_id: p.text for p in self.prompts()}
+        ids = list(responses)
+        key = _key(judge.name, [(i, responses[i]) for i in ids])
+
+        def score() -> dict[str, float]:
+            return dict(zip(ids, judge.expected_scores([(text[i], responses[i]) for i in ids])))
+
+        return self.cache.get_or_compute(owner, f"scores-{key}", score)
 
     def _judge(self) -> Judge:
         return Judge(self.host, self.config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,9 +44,11 @@ def generate_prompts(host: ModelHost, cfg: SelfInstructConfig, seed_demos: list[
                      version_id: str | None = None) -> PromptBatch:
     """Up to ``num_prompts`` new instructions that pass the filters.
 
-    Each round asks for as many generations as prompts are missing (one conversation each,
-    its own 8-shot demonstrations); deterministic for a given seed, so a replay after a
-    crash writes the same prompts with the same ids.
+    Each round asks for the missing prompts times the generations a prompt has taken so far
+    (``oversample`` until one passes, and never more): most of a small model's generations
+    fail the filters, and one round of many costs little more than one of few. One
+    conversation per generation, its own 8-shot demonstrations; deterministic for a given
+    seed, so a replay after a crash writes the same prompts with the same ids.
     """
     rng = random.Random(seed_for("promptgen", run_id, iteration, seed))
     pool = PromptFilter([*(d.text for d in seed_demos), *existing], cfg)
@@ -54,13 +57,18 @@ def generate_prompts(host: ModelHost, cfg: SelfInstructConfig, seed_demos: list[
         missing = num_prompts - len(batch.prompts)
         if missing <= 0:
             break
+        per_prompt = batch.generated / len(batch.prompts) if batch.prompts else cfg.oversample
         generated = [Demo(p.id, p.text) for p in batch.prompts]
-        requests = [build_messages(seed_demos, generated, rng, cfg) for _ in range(missing)]
+        requests = [build_messages(seed_demos, generated, rng, cfg)
+                    for _ in range(math.ceil(missing * min(per_prompt, cfg.oversample)))]
         params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                 seed=seed_for("promptgen", run_id, iteration, seed, round_))
         _, results = host.generate([messages for messages, _ in requests], params, version_id=version_id)
+        batch.generated += len(results)
         for (_, demo_ids), result in zip(requests, results):
-            batch.generated += 1
+            if len(batch.prompts) >= num_prompts:  # enough: the rest of the round is not read
+                batch.rejected["surplus"] += 1
+                continue
             text = extract_instruction(result.completions[0].text)
             if text is None:
                 batch.rejected["no_instruction"] += 1
@@ -69,8 +77,6 @@ def generate_prompts(host: ModelHost, cfg: SelfInstructConfig, seed_demos: list[
             if not verdict.ok:
                 batch.rejected[verdict.rule] += 1
                 continue
-            if len(batch.prompts) >= num_prompts:
-                break
             pool.add(text)
             batch.prompts.append(NewPrompt(ids.prompt_id(run_id, iteration, text), text, demo_ids))
     return batch

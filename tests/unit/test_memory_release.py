@@ -54,7 +54,7 @@ print(json.dumps({"loaded": loaded, "after": rss_mib(), "scores": len(scores)}))
 
 
 def test_a_model_host_gives_a_calls_memory_back_once_it_is_done(m0):
-    """An inference service's engine call (here 32 judge prompts on transformers, ~0.8 GiB of
+    """An inference service's engine call (here 32 judge prompts on transformers, 0.8-1.2 GiB of
     activations and KV cache that malloc keeps) is not held while the service waits for its
     next stage: the stage running meanwhile on the same node needs that memory."""
     store, manifest = m0

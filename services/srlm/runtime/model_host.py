@@ -143,7 +143,7 @@ class ModelHost:
             if getattr(self._spans, "calls", None) is not None:
                 self._spans.calls.append(tuple(span))
             # A call's activations and KV cache, kept by malloc, would be held while the service
-            # waits for its next stage, beside the stage that runs now (0.8 GiB after scoring 32
+            # waits for its next stage, beside the stage that runs now (0.8-1.2 GiB after scoring 32
             # judge prompts on transformers); ~0.2 s, outside the measured span.
             release_freed_memory()
 

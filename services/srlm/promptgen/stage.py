@@ -57,10 +57,9 @@ def generate_prompts(host: ModelHost, cfg: SelfInstructConfig, seed_demos: list[
         missing = num_prompts - len(batch.prompts)
         if missing <= 0:
             break
-        per_prompt = batch.generated / len(batch.prompts) if batch.prompts else cfg.oversample
+        per_prompt = min(batch.generated / len(batch.prompts), cfg.oversample) if batch.prompts else cfg.oversample
         generated = [Demo(p.id, p.text) for p in batch.prompts]
-        requests = [build_messages(seed_demos, generated, rng, cfg)
-                    for _ in range(math.ceil(missing * min(per_prompt, cfg.oversample)))]
+        requests = [build_messages(seed_demos, generated, rng, cfg) for _ in range(math.ceil(missing * per_prompt))]
         params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                 seed=seed_for("promptgen", run_id, iteration, seed, round_))
         _, results = host.generate([messages for messages, _ in requests], params, version_id=version_id)

@@ -35,12 +35,14 @@ def build_eft(host: ModelHost, config: SRLMConfig, candidates: list[EFTCandidate
                       if len(c.answers) >= 2]
     judge = Judge(host, config)
     j, template = config.judge, judge.template
-    request = records_pb2.SamplingParams(n=cfg.eft_judge_attempts, max_tokens=cfg.eft_rationale_max_tokens or j.max_tokens)
+    request = records_pb2.SamplingParams(n=cfg.eft_judge_attempts,
+                                         max_tokens=cfg.eft_rationale_max_tokens or j.max_tokens)
     # every candidate in one call, each with its own seed: one batch on vLLM, as the judge service's polls
     _, judged_sets = judge.score_sets([(c.prompt, [a.text for a in c.answers],
                                         judge.params(request, seed_for("eft-judge", seed, c.prompt_id)))
                                        for c in candidates])
-    outputs = [[[s.output for s in jc.samples] for jc in judged] for judged in judged_sets]  # [candidate][answer][attempt]
+    # outputs[candidate][answer][attempt]
+    outputs = [[[s.output for s in jc.samples] for jc in judged] for judged in judged_sets]
     kept: list[SFTExample] = []
     total = EFTReport(candidates=len(candidates))
     remaining = list(range(len(candidates)))

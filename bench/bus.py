@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
               f"RSS {mib.get('rss', float('nan')):.0f} MiB (peak {mib.get('rss_peak', float('nan')):.0f} MiB)")
     print(f"max-rate: median of {args.repeats} runs a client; srlm / kafka-python per back-to-back pair: "
           + "; ".join(f"{p}p {min(rs):.2f}-{max(rs):.2f}x" for p, rs in ratios.items()))
+    # CPU a record moves much less with the scheduling of three processes on two cores than records/s
+    cpu = {(r.client, r.partitions): sum(r.cpu_us) for r in rows if r.scenario == "max-rate"}
+    print("CPU per record, producer + consumer, kafka-python / srlm (median runs): "
+          + ", ".join(f"{p}p {cpu['kafka-python', p] / cpu['srlm', p]:.2f}x" for p in ratios))
     paced = [r for r in rows if r.scenario.startswith("paced")]
     best = max(r.rps for r in rows if r.client == "srlm" and r.scenario == "max-rate")
     print(f"targets: max-rate >= {TARGET_RPS:,}/s: best srlm {best:,.0f}/s "

@@ -43,9 +43,10 @@ def test_record_ids_and_headers_of_every_type():
     assert ids == {"commands": "cmd-1", "prompts": "prompt-1", "candidates": "cands-1", "judgments": "judg-1",
                    "pairs": "pair-1", "models": "run-1/m2", "runs": "run-1", "events": "",
                    "deadletter": "srlm.prompts/1/42"}
-    headers = envelope_headers(prompt(3), {"srlm-trace": "override"})
-    assert headers == {"srlm-schema": "srlm.v1.Prompt", "srlm-id": "prompt-3", "srlm-run": "run-1",
-                       "srlm-iteration": "2", "srlm-trace": "override"}
+    # A record's id, run, iteration and trace travel in its value, not again as headers.
+    assert envelope_headers(prompt(3)) == {"srlm-schema": "srlm.v1.Prompt"}
+    assert envelope_headers(prompt(3), {"srlm-trace": "other"}) == {"srlm-schema": "srlm.v1.Prompt",
+                                                                    "srlm-trace": "other"}
 
 
 def test_decode_reasons():

@@ -7,7 +7,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from srlm.bus import RecordProducer, RecordTooLargeError, TopicRegistry, ensure_topics, read_to_end
-from srlm.bus.envelope import HEADER_ID, HEADER_ITERATION, HEADER_RUN, HEADER_SCHEMA, HEADER_TRACE
+from srlm.bus.envelope import HEADER_SCHEMA, HEADER_TRACE
 from srlm.v1 import records_pb2 as pb
 from tests.bus.samples import samples
 
@@ -28,16 +28,13 @@ def test_every_message_type_round_trips_with_headers(kafka_config, kafka_topics)
         assert record.value == msg, what
         assert type(record.value) is topic.message
         assert record.key == f"key-{what}"
-        assert record.headers[HEADER_SCHEMA] == msg.DESCRIPTOR.full_name
-        assert record.headers["x-origin"] == "test"
+        # the schema and the caller's own headers; id, run, iteration and trace are in the value
+        assert record.headers == {HEADER_SCHEMA: msg.DESCRIPTOR.full_name, "x-origin": "test"}, what
         if what in ("commands", "prompts", "candidates", "judgments", "pairs"):
-            assert record.headers[HEADER_ID] == msg.meta.id == record.id
-            assert record.headers[HEADER_RUN] == "run-1"
-            assert record.headers[HEADER_ITERATION] == "2"
-            assert record.headers[HEADER_TRACE] == "trace-1"
-    # Messages without meta still carry their natural id and run.
+            assert record.id == msg.meta.id and record.trace_id == "trace-1"
+    # Messages without meta have their natural id.
     assert read_to_end(kafka_config, kafka_topics.models)[0].id == "run-1/m2"
-    assert read_to_end(kafka_config, kafka_topics.runs)[0].headers[HEADER_RUN] == "run-1"
+    assert read_to_end(kafka_config, kafka_topics.runs)[0].id == "run-1"
     assert read_to_end(kafka_config, kafka_topics.deadletter)[0].id == "srlm.prompts/1/42"
 
 

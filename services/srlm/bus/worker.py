@@ -38,7 +38,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, ProducerFencedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from srlm.bus.envelope import HEADER_TRACE, DecodeFailure, Record, decode_headers, decode_record
+from srlm.bus.envelope import HEADER_TRACE, DecodeFailure, Record, decode_headers, decode_record, own_trace
 from srlm.bus.producer import RecordProducer
 from srlm.bus.topics import Topic, TopicRegistry
 from srlm.config import KafkaConfig
@@ -287,7 +287,7 @@ class Worker:
         for out in outputs:
             self.producer.check(out.topic, out.msg)
             headers = dict(out.headers or {})
-            if record.trace_id and HEADER_TRACE not in headers and not _own_trace(out.msg):
+            if record.trace_id and HEADER_TRACE not in headers and not own_trace(out.msg):
                 headers[HEADER_TRACE] = record.trace_id
             checked.append(Output(out.topic, out.msg, out.key, headers))
         return checked
@@ -390,6 +390,3 @@ class Worker:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
-
-def _own_trace(msg: Message) -> bool:
-    return "meta" in msg.DESCRIPTOR.fields_by_name and bool(msg.meta.trace_id)

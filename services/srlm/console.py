@@ -95,13 +95,14 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
             console.print(f"run [bold]{state.run_id}[/] started")
             state = follow_run(controller, services_pb2_grpc.TrainerStub(trainer_channel), state.run_id)
         out = Path(report_dir or Path("runs") / "reports" / state.run_id)
-        extra = {"peak_rss_gib": memory.gib()} if memory else {}
+        extra = {"peak_rss_gib": memory.gib(), "peak_pss_gib": memory.gib("pss")} if memory else {}
         report = write_report(config, state, out, wall_seconds=time.monotonic() - started, extra=extra)
         if report.get("evaluation_table"):
             console.print(report["evaluation_table"], markup=False, highlight=False)
         console.print(f"run {state.run_id}: {_stage(state.stage)} in {time.monotonic() - started:.0f}s; "
                       f"serving {state.serving_version}; report {out / 'report.json'} ({len(report['plots'])} plots)"
-                      + (f"; peak memory {memory.gib()['total']:.1f} GiB" if memory else ""))
+                      + (f"; peak memory {memory.gib('pss')['total']:.1f} GiB (PSS; RSS summed over its "
+                         f"processes {memory.gib()['total']:.1f} GiB)" if memory else ""))
         return 0 if state.stage == records_pb2.STAGE_DONE else 1
     finally:
         if stack:

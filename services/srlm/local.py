@@ -227,13 +227,19 @@ class LocalStack:
 
 
 class PeakMemory:
-    """Peak RSS of each process of a stack (with its children, e.g. vLLM engine processes)
-    and of the whole stack at once, sampled every ``interval_s`` in a thread."""
+    """Peak memory of each process of a stack (with its children, e.g. vLLM engine processes)
+    and of the whole stack at once, sampled every ``interval_s`` in a thread, as RSS and as PSS.
+
+    Summed RSS counts a shared page once per process that maps it: torch's libraries alone are
+    ~0.2 GiB resident in every service and every vLLM engine process. PSS splits each shared
+    page among the processes that map it, so the PSS sum is the memory the stack occupies."""
+
+    KINDS = ("rss", "pss")
 
     def __init__(self, stack: LocalStack, interval_s: float = 2.0) -> None:
         self.stack, self.interval_s = stack, interval_s
-        self.peaks: dict[str, int] = {}
-        self.total = 0
+        self.peaks: dict[str, dict[str, int]] = {kind: {} for kind in self.KINDS}
+        self.totals = dict.fromkeys(self.KINDS, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
 
@@ -245,32 +251,49 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
 
-    def gib(self) -> dict[str, float]:
-        return {**{name: b / 2**30 for name, b in self.peaks.items()}, "total": self.total / 2**30}
+    def gib(self, kind: str = "rss") -> dict[str, float]:
+        return {**{name: b / 2**30 for name, b in self.peaks[kind].items()}, "total": self.totals[kind] / 2**30}
 
     def _run(self) -> None:
         while True:
-            total = 0
+            totals = dict.fromkeys(self.KINDS, 0)
             for name, pid in self.stack.pids().items():
-                rss = tree_rss(pid)
-                self.peaks[name] = max(self.peaks.get(name, 0), rss)
-                total += rss
-            self.total = max(self.total, total)
+                for kind, used in tree_memory(pid).items():
+                    self.peaks[kind][name] = max(self.peaks[kind].get(name, 0), used)
+                    totals[kind] += used
+            self.totals = {kind: max(self.totals[kind], totals[kind]) for kind in self.KINDS}
             if self._stop.wait(self.interval_s):
                 return
 
 
-def tree_rss(pid: int) -> int:
-    """RSS in bytes of a process and all its descendants (0 once it is gone)."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants ([] once it is gone)."""
     try:
         proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
+        return [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of a process and all its descendants (0 once it is gone)."""
     rss = 0
-    for p in procs:
+    for p in _tree(pid):
         try:
             rss += p.memory_info().rss
         except psutil.NoSuchProcess:
             pass
     return rss
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """RSS and PSS in bytes of a process and all its descendants (0 once it is gone)."""
+    used = {"rss": 0, "pss": 0}
+    for p in _tree(pid):
+        try:
+            info = p.memory_full_info()  # reads /proc/<pid>/smaps_rollup
+        except psutil.NoSuchProcess:
+            continue
+        used["rss"] += info.rss
+        used["pss"] += info.pss
+    return used

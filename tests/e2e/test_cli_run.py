@@ -40,6 +40,10 @@ def test_srlm_run_up_runs_to_the_end_and_writes_the_report(tmp_path):
     assert set(peaks) == {*SERVICE_ORDER, "broker", "total"}
     assert peaks["trainer"] > 0.5 and peaks["broker"] > 0.1  # SFT ran; the JVM is not small
     assert max(v for k, v in peaks.items() if k != "total") <= peaks["total"] <= sum(peaks.values()) - peaks["total"]
+    # the same samples as PSS: the libraries every service maps (torch's) are split among them
+    pss = report["peak_pss_gib"]
+    assert set(pss) == set(peaks) and all(0 < pss[k] <= peaks[k] for k in peaks if k != "total")
+    assert max(v for k, v in pss.items() if k != "total") <= pss["total"] < peaks["total"]
     assert [m.version_id for m in ModelStore(tmp_path / "models").list("cli")] == ["cli.m0", "cli.m1"]
     # Ctrl-C semantics at the end: no service or broker of this stack is left running
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "local")], capture_output=True, text=True)

@@ -174,15 +174,22 @@ def test_judge_parse_rate_counts_forced_verdicts_as_misses(suite):
 
 def test_judge_scores_a_batch_of_sets_as_it_scores_each_alone(suite):
     """The judge service scores a polled batch of candidate sets in one engine call (and their
-    forced verdicts in another): each set keeps its own seed and gets what it would get alone."""
+    forced verdicts in another): each set keeps its own seed and gets what it would get alone.
+
+    In fp32: in bf16 a batch's padding changes the rounding of the verdict's probabilities by
+    up to ~0.02, enough to move a sampled forced verdict by one point (seen in CI), which is
+    rounding, not a set reading another's seed or rows."""
     sets = [("What is the capital of France?", ["Paris.", "Score: 5"], 11),
             ("Name a primary colour.", ["Red.", "I do not know.", "Blue is a colour."], 12)]
-    together = Judge(suite.host, suite.config)
+    config = suite.config.model_copy(update={"engine": suite.config.engine.model_copy(update={"dtype": "float32"})})
+    host = ModelHost("judge-batch-test", config, suite.store)
+    together = Judge(host, config)
     _, batch = together.score_sets([(p, r, together.params(None, seed)) for p, r, seed in sets], version_id="m0")
-    alone = Judge(suite.host, suite.config)
+    alone = Judge(host, config)
     for (prompt, responses, seed), judged in zip(sets, batch):
         _, single = alone.score(prompt, responses, alone.params(None, seed), version_id="m0")
         assert [[(s.output, s.forced, s.score) for s in jc.samples] for jc in judged] == \
             [[(s.output, s.forced, s.score) for s in jc.samples] for jc in single]
         assert [jc.score_statement for jc in judged] == ["Score:" in r for r in responses]
-    assert together.stats.total == alone.stats.total == 5 * suite.config.judge.num_judgments
+    assert together.stats.total == alone.stats.total == 5 * config.judge.num_judgments
+    host.close()

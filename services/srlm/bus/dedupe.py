@@ -1,8 +1,8 @@
 """The idempotent-consumer side: recognise a replayed record by its deterministic id.
 
-Every srlm record carries ``meta.id`` (the same inputs give the same id), read from the
-record's value (``Record.id``). With transactions (``kafka.exactly_once``) a read_committed consumer sees
-each output once; in at-least-once mode, or when a stage is re-run, a record can arrive
+Every srlm record carries ``meta.id`` (the same inputs give the same id), read from its
+value (``Record.id``). With transactions (``kafka.exactly_once``) a read_committed consumer
+sees each output once; in at-least-once mode, or when a stage is re-run, a record can arrive
 again, and whoever accumulates records (the trainer collecting pairs, the controller
 counting progress) keeps them by id through ``SeenIds``.
 """

@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from srlm.console import run_with_progress
 
     return run_with_progress(_config(args), args.config, up=args.up, work_dir=args.work_dir,
-                             report_dir=args.report_dir)
+                             report_dir=args.report_dir, evaluate=args.evaluate)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--up", action="store_true", help="start the local broker and services first")
     p.add_argument("--work-dir", default="runs/local")
     p.add_argument("--report-dir", default=None, help="default: runs/reports/<run id>")
+    p.add_argument("--no-evaluation", dest="evaluate", action="store_false",
+                   help="report the run's own figures without evaluating its versions (`srlm eval --run` does later)")
     p.set_defaults(func=cmd_run)
 
     p = with_config(sub.add_parser("status", help="runs and their stages"))

@@ -73,7 +73,7 @@ def follow_run(controller: services_pb2_grpc.ControllerStub, trainer: services_p
 
 
 def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, work_dir: str,
-                      report_dir: str | None) -> int:
+                      report_dir: str | None, evaluate: bool = True) -> int:
     from srlm.controller.report import write_report
     from srlm.local import LocalStack, PeakMemory
 
@@ -96,7 +96,8 @@ def run_with_progress(config: SRLMConfig, config_path: str | None, up: bool, wor
             state = follow_run(controller, services_pb2_grpc.TrainerStub(trainer_channel), state.run_id)
         out = Path(report_dir or Path("runs") / "reports" / state.run_id)
         extra = {"peak_rss_gib": memory.gib(), "peak_pss_gib": memory.gib("pss")} if memory else {}
-        report = write_report(config, state, out, wall_seconds=time.monotonic() - started, extra=extra)
+        report = write_report(config, state, out, wall_seconds=time.monotonic() - started, extra=extra,
+                              evaluate=evaluate)
         if report.get("evaluation_table"):
             console.print(report["evaluation_table"], markup=False, highlight=False)
         console.print(f"run {state.run_id}: {_stage(state.stage)} in {time.monotonic() - started:.0f}s; "

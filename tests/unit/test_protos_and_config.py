@@ -68,3 +68,16 @@ def test_cli_stops_at_a_bad_config(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 2
     assert "sampling.n" in out.stderr
+
+
+def test_cli_run_reports_without_evaluating_only_when_asked(monkeypatch):
+    """``srlm run --no-evaluation`` writes the report from the run's own figures (the versions'
+    evaluation takes longer than the tiny run itself; ``srlm eval --run`` does it later)."""
+    import srlm.console
+    from srlm import cli
+
+    asked = []
+    monkeypatch.setattr(srlm.console, "run_with_progress", lambda *args, **kwargs: asked.append(kwargs["evaluate"]) or 0)
+    config = str(REPO / "configs" / "tiny.yaml")
+    assert cli.main(["run", "--config", config]) == 0 and cli.main(["run", "--config", config, "--no-evaluation"]) == 0
+    assert asked == [True, False]

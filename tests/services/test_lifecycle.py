@@ -203,11 +203,11 @@ def test_a_service_without_its_broker_reports_not_serving_and_does_not_spin(kafk
     try:
         port = int(service.wait_line("ready").split()[1])
         wait_until_status(port, "SERVING", 30)
+        lost = time.monotonic()  # before the stop: the service may see the broker go while stop() waits
         kafka_broker.stop()
         try:
-            lost = time.monotonic()
             wait_until_status(port, "NOT_SERVING", lost_after + 30, service)
-            assert time.monotonic() - lost >= lost_after - 1  # not before the configured time
+            assert time.monotonic() - lost >= lost_after  # not before the configured time
             proc = psutil.Process(service.proc.pid)
             before = sum(proc.cpu_times()[:2])
             time.sleep(10)

@@ -173,7 +173,9 @@ class StageWorker:
                 lost_since = None
                 reachable = True
             else:
-                lost_since = lost_since or started
+                # counted from the first failed check's answer, not its start: the broker may
+                # have been there when the check began, and NOT_SERVING must not come early
+                lost_since = lost_since or time.monotonic()
                 reachable = time.monotonic() - lost_since < lost_after
             if reachable != self.broker_reachable:
                 log.warning("%s: Kafka %s", self.service, "reachable again" if reachable else

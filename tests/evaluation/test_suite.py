@@ -183,13 +183,15 @@ def test_judge_scores_a_batch_of_sets_as_it_scores_each_alone(suite):
             ("Name a primary colour.", ["Red.", "I do not know.", "Blue is a colour."], 12)]
     config = suite.config.model_copy(update={"engine": suite.config.engine.model_copy(update={"dtype": "float32"})})
     host = ModelHost("judge-batch-test", config, suite.store)
-    together = Judge(host, config)
-    _, batch = together.score_sets([(p, r, together.params(None, seed)) for p, r, seed in sets], version_id="m0")
-    alone = Judge(host, config)
-    for (prompt, responses, seed), judged in zip(sets, batch):
-        _, single = alone.score(prompt, responses, alone.params(None, seed), version_id="m0")
-        assert [[(s.output, s.forced, s.score) for s in jc.samples] for jc in judged] == \
-            [[(s.output, s.forced, s.score) for s in jc.samples] for jc in single]
-        assert [jc.score_statement for jc in judged] == ["Score:" in r for r in responses]
-    assert together.stats.total == alone.stats.total == 5 * config.judge.num_judgments
-    host.close()
+    try:
+        together = Judge(host, config)
+        _, batch = together.score_sets([(p, r, together.params(None, seed)) for p, r, seed in sets], version_id="m0")
+        alone = Judge(host, config)
+        for (prompt, responses, seed), judged in zip(sets, batch):
+            _, single = alone.score(prompt, responses, alone.params(None, seed), version_id="m0")
+            assert [[(s.output, s.forced, s.score) for s in jc.samples] for jc in judged] == \
+                [[(s.output, s.forced, s.score) for s in jc.samples] for jc in single]
+            assert [jc.score_statement for jc in judged] == ["Score:" in r for r in responses]
+        assert together.stats.total == alone.stats.total == 5 * config.judge.num_judgments
+    finally:
+        host.close()  # its fp32 copy of the model, beside the module's bf16 host

@@ -175,8 +175,9 @@ class StageWorker:
             else:
                 # counted from the first failed check's answer, not its start: the broker may
                 # have been there when the check began, and NOT_SERVING must not come early
-                lost_since = lost_since or time.monotonic()
-                reachable = time.monotonic() - lost_since < lost_after
+                now = time.monotonic()
+                lost_since = lost_since or now
+                reachable = now - lost_since < lost_after
             if reachable != self.broker_reachable:
                 log.warning("%s: Kafka %s", self.service, "reachable again" if reachable else
                             f"unreachable for {lost_after:.0f}s: NOT_SERVING")

@@ -38,6 +38,19 @@ def test_every_shipped_config_is_valid():
         load_config(path, environ={})
 
 
+def test_the_speed_reference_config_is_tiny_with_the_old_8_prompt_gate():
+    """configs/tiny-speed.yaml keeps the workload the tiny run's speed target was set on; it may
+    differ from the shipped tiny.yaml only in the gate's held-out sizes."""
+    tiny = load_config(REPO / "configs/tiny.yaml", environ={}).model_dump()
+    speed = load_config(REPO / "configs/tiny-speed.yaml", environ={}).model_dump()
+    sizes = {("evaluation", "ifeval_prompts"): 6, ("evaluation", "alpacaeval_prompts"): 2,
+             ("eval_gate", "min_prompts"): 8}
+    for (section, field), value in sizes.items():
+        assert speed[section][field] == value
+        speed[section][field] = tiny[section][field]
+    assert speed == tiny
+
+
 def test_environment_overrides_and_field_errors(tmp_path):
     cfg = parse_config({"sampling": {"n": 4}}, environ={"SRLM_SAMPLING__N": "2", "SRLM_KAFKA__BOOTSTRAP_SERVERS": "[a:1, b:2]"})
     assert cfg.sampling.n == 2 and cfg.kafka.bootstrap_servers == ["a:1", "b:2"]

@@ -1,14 +1,17 @@
-"""How well does M1 judge, for a given SFT recipe? Replays a run's recorded M0 -> M1 SFT data.
+"""How well does M1 judge, for a given SFT recipe? Replays a run's recorded M0 -> M1 SFT data,
+or builds it afresh from the config.
 
-Trains the run's M0 on the run's SFT dataset (``<store>/datasets/<run>.m1.sft.jsonl``,
+With ``--run``, trains the run's M0 on the run's SFT dataset (``<store>/datasets/<run>.m1.sft.jsonl``,
 IFT + EFT rows as the trainer got them) with ``--epochs`` and, with ``--whole-sentences``, the
 EFT rationales cut back to their last whole sentence (what ``judge.forced_verdict`` now does when
 EFT data is built). The result goes to a scratch store (a copy of the base there), never to the
-run's. Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
+run's. Without ``--run``, M0 is imported into the scratch store and the SFT rows are built there
+as the trainer builds them (``build_sft_rows``: IFT plus EFT judged by M0), so a change of the
+EFT settings (``SRLM_SEED_DATA__*`` variables) can be tried without a run. Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
 free-text parse rate, pairwise accuracy and Spearman, with 95% bootstrap intervals, beside
 M0's and the run's own M1's.
 
-    python bench/eft_replay.py --config configs/small.yaml --run RUN [--epochs 3] [--whole-sentences]
+    python bench/eft_replay.py --config configs/small.yaml [--run RUN] [--epochs 3] [--whole-sentences]
                                [--judge-max-tokens 64,128] [--scratch /tmp/srlm-eft-replay]
 """
 
@@ -22,10 +25,12 @@ from pathlib import Path
 
 from srlm.config import load_config
 from srlm.evaluation.suite import EvaluationSuite, VersionEvaluation
-from srlm.models.store import ModelStore
+from srlm.models.importer import import_base_model
+from srlm.models.store import DatasetNotFound, ModelStore
 from srlm.recipe.judge import complete_sentences
 from srlm.runtime.model_host import ModelHost
 from srlm.trainer.sft import train_sft
+from srlm.trainer.sft_data import build_sft_rows
 
 FIGURES = ("judge.parse_rate", "judge.pairwise_accuracy", "judge.spearman")
 
@@ -41,10 +46,27 @@ def replayed_rows(path: Path, whole_sentences: bool) -> list[dict]:
     return rows
 
 
+def built_rows(store: ModelStore, config, base: str) -> list[dict]:
+    """The SFT rows the trainer would build from ``base`` with this config (built once per store)."""
+    try:
+        return store.get_dataset("built.sft")
+    except DatasetNotFound:
+        pass
+    host = ModelHost("trainer", config, store)
+    try:
+        host.load(base)
+        rows, stats = build_sft_rows(host, config, config.run.seed)
+    finally:
+        host.close()
+    print("built SFT rows:", json.dumps(stats))
+    store.put_dataset("built.sft", rows)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/small.yaml")
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run", help="replay this run's recorded rows (default: build them from M0)")
     parser.add_argument("--epochs", type=int, default=None, help="default: sft.num_epochs")
     parser.add_argument("--whole-sentences", action="store_true")
     parser.add_argument("--judge-max-tokens", default=None, help="comma-separated; default: judge.max_tokens")
@@ -53,15 +75,21 @@ def main() -> None:
 
     config = load_config(args.config)
     store = ModelStore(config.model_store.root)
-    base, recorded = f"{args.run}.m0", f"{args.run}.m1"
     scratch = ModelStore(args.scratch)
-    # the base with its judge set (built once) and the run's own M1, the baseline
-    for sub in (f"versions/{base}", f"evaluations/{base}", f"versions/{recorded}", f"evaluations/{recorded}"):
-        if (store.root / sub).exists() and not (scratch.root / sub).exists():
-            shutil.copytree(store.root / sub, scratch.root / sub)
     sft = config.sft.model_copy(update={"num_epochs": args.epochs or config.sft.num_epochs})
-    name = f"replay-e{sft.num_epochs}{'-whole' if args.whole_sentences else ''}"
-    rows = replayed_rows(store.datasets_dir / f"{args.run}.m1.sft.jsonl", args.whole_sentences)
+    name = f"{'replay' if args.run else 'built'}-e{sft.num_epochs:g}{'-whole' if args.whole_sentences else ''}"
+    if args.run:
+        base, recorded = f"{args.run}.m0", f"{args.run}.m1"
+        # the base with its judge set (built once) and the run's own M1, the baseline
+        for sub in (f"versions/{base}", f"evaluations/{base}", f"versions/{recorded}", f"evaluations/{recorded}"):
+            if (store.root / sub).exists() and not (scratch.root / sub).exists():
+                shutil.copytree(store.root / sub, scratch.root / sub)
+        rows = replayed_rows(store.datasets_dir / f"{args.run}.m1.sft.jsonl", args.whole_sentences)
+    else:
+        base, recorded = "m0", None
+        import_base_model(scratch, version_id=base)
+        rows = built_rows(scratch, config, base)
+    print(f"{sum(r['kind'] == 'eft' for r in rows)} EFT rows of {len(rows)}")
     start = time.perf_counter()
     if not scratch.exists(name):
         train_sft(scratch, base, name, rows, sft, run_id=None, work_dir=scratch.root / f"work-{name}",
@@ -75,7 +103,7 @@ def main() -> None:
         cfg = config.model_copy(update={"judge": config.judge.model_copy(update={"max_tokens": int(budget)})})
         host = ModelHost("bench", cfg, scratch)
         suite = EvaluationSuite(cfg, scratch, host, base_version=base)
-        for version in (base, recorded, name):
+        for version in [v for v in (base, recorded, name) if v]:
             ev: VersionEvaluation = suite.evaluate(version, parts=("judge",))
             cells = [f"{ev.value(f):.3f} [{ev.metrics[f]['low']:.3f}, {ev.metrics[f]['high']:.3f}]" if f in ev.metrics
                      else "-" for f in FIGURES]

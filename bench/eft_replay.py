@@ -6,8 +6,9 @@ IFT + EFT rows as the trainer got them) with ``--epochs`` and, with ``--whole-se
 EFT rationales cut back to their last whole sentence (what ``judge.forced_verdict`` now does when
 EFT data is built). The result goes to a scratch store (a copy of the base there), never to the
 run's. Without ``--run``, M0 is imported into the scratch store and the SFT rows are built there
-as the trainer builds them (``build_sft_rows``: IFT plus EFT judged by M0), so a change of the
-EFT settings (``SRLM_SEED_DATA__*`` variables) can be tried without a run. Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
+as the trainer builds them (``build_sft_rows``: IFT plus EFT judged by M0, whole sentences
+already), so EFT settings (``SRLM_SEED_DATA__*`` variables) can be tried without a run.
+Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
 free-text parse rate, pairwise accuracy and Spearman, with 95% bootstrap intervals, beside
 M0's and the run's own M1's.
 
@@ -23,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from srlm.config import load_config
+from srlm.config import SRLMConfig, load_config
 from srlm.evaluation.suite import EvaluationSuite, VersionEvaluation
 from srlm.models.importer import import_base_model
 from srlm.models.store import DatasetNotFound, ModelStore
@@ -46,7 +47,7 @@ def replayed_rows(path: Path, whole_sentences: bool) -> list[dict]:
     return rows
 
 
-def built_rows(store: ModelStore, config, base: str) -> list[dict]:
+def built_rows(store: ModelStore, config: SRLMConfig, base: str) -> list[dict]:
     """The SFT rows the trainer would build from ``base`` with this config (built once per store)."""
     try:
         return store.get_dataset("built.sft")
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/small.yaml")
     parser.add_argument("--run", help="replay this run's recorded rows (default: build them from M0)")
     parser.add_argument("--epochs", type=int, default=None, help="default: sft.num_epochs")
-    parser.add_argument("--whole-sentences", action="store_true")
+    parser.add_argument("--whole-sentences", action="store_true", help="with --run (built rows already are)")
     parser.add_argument("--judge-max-tokens", default=None, help="comma-separated; default: judge.max_tokens")
     parser.add_argument("--scratch", default="/tmp/srlm-eft-replay")
     args = parser.parse_args()

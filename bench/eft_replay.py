@@ -10,7 +10,8 @@ as the trainer builds them (``build_sft_rows``: IFT plus EFT judged by M0, whole
 already), so EFT settings (``SRLM_SEED_DATA__*`` variables) can be tried without a run.
 Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
 free-text parse rate, pairwise accuracy and Spearman, with 95% bootstrap intervals, beside
-M0's and the run's own M1's.
+M0's and the run's own M1's, and each M1's paired difference in pairwise accuracy from M0.
+``SRLM_JUDGE__VERDICT_READOUT=expected`` reads each verdict as the judge's expected score.
 
     python bench/eft_replay.py --config configs/small.yaml [--run RUN] [--epochs 3] [--whole-sentences]
                                [--judge-max-tokens 64,128] [--scratch /tmp/srlm-eft-replay]
@@ -97,18 +98,22 @@ def main() -> None:
                   seed=config.run.seed)
     print(f"SFT {name}: {len(rows)} rows, {sft.num_epochs} epochs, {time.perf_counter() - start:.0f} s")
 
-    print("\n| version | judge.max_tokens | " + " | ".join(FIGURES) + " |")
-    print("|---|---|" + "---|" * len(FIGURES))
+    print("\n| version | judge.max_tokens | judge.verdict_readout | " + " | ".join(FIGURES)
+          + f" | pairwise accuracy vs {base}: diff, p |")
+    print("|---|---|---|" + "---|" * (len(FIGURES) + 1))
     budgets = args.judge_max_tokens.split(",") if args.judge_max_tokens else [str(config.judge.max_tokens)]
     for budget in budgets:
         cfg = config.model_copy(update={"judge": config.judge.model_copy(update={"max_tokens": int(budget)})})
         host = ModelHost("bench", cfg, scratch)
         suite = EvaluationSuite(cfg, scratch, host, base_version=base)
         for version in [v for v in (base, recorded, name) if v]:
-            ev: VersionEvaluation = suite.evaluate(version, parts=("judge",))
+            ev: VersionEvaluation = suite.evaluate(version, baseline=None if version == base else base,
+                                                   parts=("judge",))
             cells = [f"{ev.value(f):.3f} [{ev.metrics[f]['low']:.3f}, {ev.metrics[f]['high']:.3f}]" if f in ev.metrics
                      else "-" for f in FIGURES]
-            print(f"| {version} | {budget} | " + " | ".join(cells) + " |", flush=True)
+            test = ev.tests.get("judge.pairwise_accuracy")
+            cells.append(f"{test['diff']:+.3f}, p={test['p_value']:.3f}" if test else "-")
+            print(f"| {version} | {budget} | {cfg.judge.verdict_readout} | " + " | ".join(cells) + " |", flush=True)
         host.close()
 
 

@@ -279,6 +279,11 @@ class JudgeConfig(Section):
         "gets 'Score:' appended after its last whole sentence and the model's own next-token distribution over "
         "0..max_score picks the verdict (sampled at the judge temperature): small models that rarely end with a "
         "score still judge")
+    verdict_readout: Literal["text", "expected"] = Field(
+        "text", description="paper: 'text' (the score is the number the judge wrote). 'expected': the mean of the "
+        "judge's own distribution over 0..max_score where it wrote that number (G-Eval's probability-weighted score, "
+        "Liu et al. 2023), forced verdicts included: a small judge's uncertainty between two points becomes a "
+        "score between them instead of a tie or a coin flip")
 
 
 class PairsConfig(Section):

@@ -18,6 +18,7 @@ from srlm.evaluation import report
 from srlm.evaluation.pairwise import ModelPairwiseJudge, preferences
 from srlm.evaluation.suite import PARTS, EvaluationSuite
 from srlm.judge.stage import Judge
+from srlm.recipe.judge import build_judge_messages
 from srlm.recipe.seed import load_seed_data
 from srlm.runtime.model_host import ModelHost
 from srlm.trainer.sft import train_sft
@@ -82,6 +83,8 @@ def test_every_figure_present_in_range_and_cached(suite):
     assert 0 < ev.metrics["length.mean_tokens"]["value"] <= 48
     # the copy answers exactly as its baseline (greedy): no difference, no evidence of one
     assert ev.tests["ifeval.prompt_strict"]["diff"] == 0.0 and ev.tests["ifeval.prompt_strict"]["p_value"] == 1.0
+    # and judges the held-out pairs as its baseline does (same weights, same seeds)
+    assert ev.tests["judge.pairwise_accuracy"]["diff"] == 0.0
     # both orders cancel position bias: identical answers are a tie, whatever the judge's bias
     assert ev.metrics["win_rate.vs_baseline"]["value"] == pytest.approx(0.5, abs=1e-6)
     for name in ("judge.spearman", "judge.kendall", "robustness.injected_score_lift", "robustness.plea_lift"):
@@ -170,6 +173,31 @@ def test_judge_parse_rate_counts_forced_verdicts_as_misses(suite):
     forced = sum(s.forced for s in jc.samples)
     assert judge.stats.total == len(jc.samples) == suite.config.judge.num_judgments
     assert judge.stats.parsed == len(jc.samples) - forced
+
+
+def test_expected_verdict_readout_is_the_judges_mean_verdict(suite):
+    """``judge.verdict_readout: expected``: a judgment's score is the mean of the judge's own
+    distribution over 0..5 where its verdict stands, so M0's forced verdicts become scores
+    between the points; a verdict the judge wrote after a rationale is read where the forced
+    verdict would have been read after the same rationale."""
+    judge_cfg = suite.config.judge.model_copy(update={"verdict_readout": "expected"})
+    judge = Judge(suite.host, suite.config.model_copy(update={"judge": judge_cfg}))
+    prompt = "What is the capital of France?"
+    _, judged = judge.score(prompt, ["Paris.", "I do not know."], judge.params(None, seed=3), version_id="m0")
+    scores = [s.score for jc in judged for s in jc.samples]
+    assert all(0 < x < 5 for x in scores) and any(x != round(x) for x in scores), scores
+    for jc in judged:
+        assert jc.num_parsed == len(jc.samples)
+        assert jc.mean_score == pytest.approx(sum(s.score for s in jc.samples) / len(jc.samples))
+
+    conv = build_judge_messages(prompt, "Paris.")
+    rationale = "The response names the capital correctly and is concise."
+    _, forced = judge._force_verdicts([[conv]], [[[rationale]]], [judge.params(None, seed=3)])
+    written = judge._verdict_distributions([[conv]], [[[rationale + "\nScore: 4", rationale + "\nScore:4"]]], {})
+    assert written[(0, 0, 0)] == pytest.approx(forced[(0, 0, 0)], abs=0.02)
+    for dist in written.values():
+        assert len(dist) == 6 and sum(dist) == pytest.approx(1.0, abs=1e-3)
+    assert written[(0, 0, 1)] != pytest.approx(written[(0, 0, 0)], abs=1e-3)  # "Score:4" is read without the space
 
 
 def test_judge_scores_a_batch_of_sets_as_it_scores_each_alone(suite):

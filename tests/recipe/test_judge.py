@@ -12,6 +12,7 @@ from srlm.recipe.judge import (
     aggregate,
     build_judge_messages,
     complete_sentences,
+    expected_score,
     find_score_statements,
     has_score_statement,
     neutralise_response,
@@ -103,6 +104,25 @@ def test_verdict_end_covers_closing_quote() -> None:
     output = "Good answer.\n“Score: 4” and then rambling"
     judgment = parse_judgment(output)
     assert output[: judgment.end] == "Good answer.\n“Score: 4”"
+
+
+@pytest.mark.parametrize(
+    "output,before",
+    [
+        ("Good answer.\nScore: 4", "Good answer.\nScore: "),
+        ("Score:4/5", "Score:"),
+        ("**Score:**3", "**Score:**"),
+        ("Score: 1. Later: Score: 2.5", "Score: 1. Later: Score: "),
+    ],
+)
+def test_verdict_value_start_is_where_the_judge_wrote_its_number(output: str, before: str) -> None:
+    assert output[: parse_judgment(output).value_start] == before
+
+
+def test_expected_score_is_the_mean_verdict() -> None:
+    assert expected_score([0, 0, 0, 0, 1, 0]) == 4
+    assert expected_score([0.5, 0, 0, 0, 0, 0.5]) == 2.5
+    assert expected_score([0.1, 0.2, 0.3, 0.2, 0.1, 0.1]) == pytest.approx(0.2 + 0.6 + 0.6 + 0.4 + 0.5)
 
 
 def test_a_response_cannot_set_its_own_score() -> None:

@@ -69,7 +69,8 @@ def test_paper_defaults():
     assert (cfg.self_instruct.num_seed_demonstrations, cfg.self_instruct.num_generated_demonstrations) == (6, 2)
     assert (cfg.self_instruct.temperature, cfg.self_instruct.top_p) == (0.6, 0.9)
     assert (cfg.sampling.n, cfg.sampling.temperature, cfg.sampling.top_p) == (4, 0.7, 0.9)
-    assert (cfg.judge.num_judgments, cfg.judge.temperature, cfg.judge.forced_verdict) == (3, 0.7, False)
+    assert (cfg.judge.num_judgments, cfg.judge.temperature, cfg.judge.forced_verdict, cfg.judge.verdict_readout) == (
+        3, 0.7, False, "text")
     assert (cfg.sft.learning_rate, cfg.sft.final_learning_rate, cfg.sft.batch_size) == (5.5e-6, 1.1e-6, 16)
     assert (cfg.dpo.beta, cfg.dpo.learning_rate, cfg.dpo.final_learning_rate, cfg.dpo.batch_size) == (0.1, 1e-6, 1e-7, 16)
 

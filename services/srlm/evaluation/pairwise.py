@@ -21,7 +21,7 @@ import urllib.request
 from typing import Protocol, Sequence
 
 from srlm.models.engines import Conversation
-from srlm.recipe.judge import build_judge_messages, neutralise_response
+from srlm.recipe.judge import build_judge_messages, expected_score, neutralise_response
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's instruction and decide which one is better: more \
 helpful, correct and relevant, and following every instruction it gives. Do not let the order of the \
@@ -98,7 +98,7 @@ class ModelPairwiseJudge:
         convs = [build_judge_messages(p, r) for p, r in items]
         probs, _, _ = self.host.label_probabilities(convs, ["Score:"] * len(convs),
                                                     tuple(str(k) for k in range(self.max_score + 1)))
-        return [sum(k * q for k, q in enumerate(p)) for p in probs]
+        return [expected_score(p) for p in probs]
 
     def prob_first(self, items: Sequence[tuple[str, str, str]]) -> list[float]:
         if not items:

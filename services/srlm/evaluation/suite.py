@@ -386,7 +386,7 @@ class EvaluationSuite:
             out.judge = self.pairwise_judge().name
             self._h2h_figures(out, version, baseline, est)
         if "judge" in parts:
-            self._judge_figures(out, version, est)
+            self._judge_figures(out, version, baseline, est)
         if "classification" in parts:
             self._classification_figures(out, version, baseline, est)
         if "robustness" in parts:
@@ -451,7 +451,7 @@ class EvaluationSuite:
             if other is not None:  # a win rate against the baseline is tested against a coin flip
                 out.tests["win_rate.vs_baseline"] = M.paired_bootstrap(wins, [0.5] * len(wins), **est).as_dict()
 
-    def _judge_figures(self, out: VersionEvaluation, version: str, est: dict) -> None:
+    def _judge_figures(self, out: VersionEvaluation, version: str, baseline: str | None, est: dict) -> None:
         rows = self.judge_quality(version)
         if not rows:
             return
@@ -464,6 +464,10 @@ class EvaluationSuite:
         # an unscored response counts as a tie with its partner (no verdict, no credit)
         accuracy = [_credit(r["better"]["score"], r["worse"]["score"]) for r in rows]
         out.metrics["judge.pairwise_accuracy"] = M.bootstrap_ci(accuracy, **est).as_dict()
+        if baseline:  # the same pairs, judged by the baseline version
+            base = {r["id"]: _credit(r["better"]["score"], r["worse"]["score"]) for r in self.judge_quality(baseline)}
+            out.tests["judge.pairwise_accuracy"] = M.paired_bootstrap(accuracy, [base[r["id"]] for r in rows],
+                                                                      **est).as_dict()
         both = [(r["better"]["score"], r["worse"]["score"]) for r in rows
                 if r["better"]["score"] is not None and r["worse"]["score"] is not None]
         if both:

@@ -9,8 +9,8 @@ from typing import Callable, Sequence
 from srlm.config import RewardsConfig, SRLMConfig
 from srlm.models.engines import SamplingParams, in_groups
 from srlm.recipe import ids
-from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, complete_sentences, has_score_statement,
-                               parse_judgment, read_judge_template)
+from srlm.recipe.judge import (JudgeStats, aggregate, build_judge_messages, complete_sentences, expected_score,
+                               has_score_statement, parse_judgment, read_judge_template)
 from srlm.recipe.pairs import ScoredCandidate, build_pair
 from srlm.recipe.rewards import LabelRewards, RewardMix, Verification, verifier_reward
 from srlm.runtime import metrics
@@ -50,14 +50,14 @@ class Judge:
         return self._reward_model
 
     def _force_verdicts(self, conversations: list[list], outputs: list[list[list[str]]], params: list[SamplingParams]
-                        ) -> tuple[list[list[list[str]]], list[set[tuple[int, int]]]]:
+                        ) -> tuple[list[list[list[str]]], dict[tuple[int, int, int], list[float]]]:
         """Give every judgment without a verdict one: append "Score:" and let the model's own
         next-token distribution over 0..max_score choose (sampled, seeded by its set's seed).
         ``conversations[s][i]`` and ``outputs[s][i][k]``: set s, response i, judgment k; one
-        engine call for all the sets."""
+        engine call for all the sets. Returns the outputs and each forced verdict's distribution."""
         todo = [(s, i, k) for s, responses in enumerate(outputs) for i, texts in enumerate(responses)
                 for k, text in enumerate(texts) if not parse_judgment(text, self.config.judge.max_score).parsed]
-        forced: list[set[tuple[int, int]]] = [set() for _ in outputs]
+        forced: dict[tuple[int, int, int], list[float]] = {}
         if not todo:
             return outputs, forced
         convs = [conversations[s][i] for s, i, _ in todo]
@@ -75,8 +75,34 @@ class Judge:
             else:
                 choice = points[max(range(len(p)), key=p.__getitem__)]
             out[s][i][k] = prefix + choice
-            forced[s].add((i, k))
+            forced[(s, i, k)] = p
         return out, forced
+
+    def _verdict_distributions(self, conversations: list[list], outputs: list[list[list[str]]],
+                               known: dict[tuple[int, int, int], list[float]]
+                               ) -> dict[tuple[int, int, int], list[float]]:
+        """The judge's distribution over 0..max_score at each parsed verdict's number, read
+        after the text it wrote up to there (``known``: the forced verdicts', already read).
+        One engine call for the verdicts written after a space, one for the rest."""
+        points = tuple(str(p) for p in range(self.config.judge.max_score + 1))
+        spaced, bare = [], []
+        for s, responses in enumerate(outputs):
+            for i, texts in enumerate(responses):
+                for k, text in enumerate(texts):
+                    j = parse_judgment(text, self.config.judge.max_score)
+                    if j.parsed and (s, i, k) not in known:
+                        before = text[:j.value_start]
+                        (spaced if before.endswith(" ") else bare).append(((s, i, k), before))
+        out = dict(known)
+        if spaced:  # "Score: 4": as the forced verdict reads it (" 4" or " " then "4", by tokenizer)
+            probs, _, _ = self.host.label_probabilities([conversations[s][i] for (s, i, _), _ in spaced],
+                                                        [b[:-1] for _, b in spaced], points)
+            out.update(zip([key for key, _ in spaced], probs))
+        if bare:  # "Score:4", "**Score:**4"
+            probs = self.host.choice_probabilities([conversations[s][i] for (s, i, _), _ in bare],
+                                                   [b for _, b in bare], points)
+            out.update(zip([key for key, _ in bare], probs))
+        return out
 
     def params(self, judging: records_pb2.SamplingParams | None, seed: int) -> SamplingParams:
         d = self.config.judge
@@ -98,19 +124,24 @@ class Judge:
     def score_sets(self, sets: list[tuple[str, list[str], SamplingParams]], version_id: str | None = None
                    ) -> tuple[str, list[list[records_pb2.JudgedCandidate]]]:
         """``score`` for several (prompt, responses, params) with one version: one engine call
-        for all their judgments and one for all their forced verdicts."""
+        for all their judgments, one for all their forced verdicts and, with
+        ``judge.verdict_readout: expected``, up to two for their verdicts' distributions."""
         conversations = [[build_judge_messages(prompt, r, self.template) for r in responses]
                          for prompt, responses, _ in sets]
         version, results = self.host.generate_each(
             [(convs, params) for convs, (_, _, params) in zip(conversations, sets)], version_id=version_id)
         outputs = [[[c.text for c in r.completions] for r in call] for call in results]
         free_text = outputs
-        forced: list[set[tuple[int, int]]] = [set() for _ in sets]
+        forced: dict[tuple[int, int, int], list[float]] = {}
         if self.config.judge.forced_verdict:
             outputs, forced = self._force_verdicts(conversations, outputs, [p for _, _, p in sets])
+        expected: dict[tuple[int, int, int], float] = {}
+        if self.config.judge.verdict_readout == "expected":
+            expected = {key: expected_score(p)
+                        for key, p in self._verdict_distributions(conversations, outputs, forced).items()}
         batch = JudgeStats()
         judged_sets = []
-        for (_, responses, _), set_outputs, set_free, set_forced in zip(sets, outputs, free_text, forced):
+        for s, ((_, responses, _), set_outputs, set_free) in enumerate(zip(sets, outputs, free_text)):
             judged = []
             for i, texts in enumerate(set_outputs):
                 # the judge read it neutralised (build_judge_messages); the flag keeps it from being chosen
@@ -118,10 +149,12 @@ class Judge:
                 scores = []
                 for k, text in enumerate(texts):
                     j = parse_judgment(text, self.config.judge.max_score)
+                    was_forced = (s, i, k) in forced
                     # the parse rate is the free text's: a forced verdict counts as the miss it replaced
-                    batch.add(j if (i, k) not in set_forced else parse_judgment(set_free[i][k], self.config.judge.max_score))
-                    scores.append(j.score)
-                    jc.samples.add(output=text, parsed=j.parsed, score=j.score or 0.0, forced=(i, k) in set_forced)
+                    batch.add(parse_judgment(set_free[i][k], self.config.judge.max_score) if was_forced else j)
+                    score = expected.get((s, i, k), j.score)
+                    scores.append(score)
+                    jc.samples.add(output=text, parsed=j.parsed, score=score or 0.0, forced=was_forced)
                 mean, jc.num_parsed = aggregate(scores)
                 jc.mean_score = mean if mean is not None else 0.0  # num_parsed == 0 says "no score"
                 if mean is not None:

@@ -313,6 +313,7 @@ class Judgment:
     score: float | None
     status: ParseStatus
     end: int | None = None  # offset in the output just past the verdict (and its closing quote)
+    value_start: int | None = None  # offset of the verdict's number: what precedes it is where the judge chose it
 
     @property
     def parsed(self) -> bool:
@@ -358,12 +359,18 @@ def parse_judgment(output: str, max_score: float = 5) -> Judgment:
     end = match.end()
     while end < len(output) and output[end] in _CLOSERS:
         end += 1
-    return Judgment(value, ParseStatus.PARSED, end)
+    return Judgment(value, ParseStatus.PARSED, end, match.start("value"))
 
 
 def parse_score(output: str, max_score: float = 5) -> float | None:
     """The judge's score in ``[0, max_score]``, or None when the output has no valid verdict."""
     return parse_judgment(output, max_score).score
+
+
+def expected_score(probabilities: Sequence[float]) -> float:
+    """The mean verdict under the judge's distribution over the points 0..max_score (G-Eval's
+    probability-weighted score, Liu et al. 2023)."""
+    return sum(points * p for points, p in enumerate(probabilities))
 
 
 def aggregate(scores: Sequence[float | None]) -> tuple[float | None, int]:

@@ -55,8 +55,9 @@ def run_srlm(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
         if "loss" in logs:
             meter.mark(logs["num_input_tokens_seen"])
 
+    # bf16 autocast as TRL's default, whatever this CPU computes natively: the same maths on both sides
     cfg = DPOConfig(**{"batch_size": BATCH, "per_device_batch_size": BATCH, "max_length": 512, "save_steps": 10_000,
-                       **overrides})
+                       "precision": "bf16", **overrides})
     version = f"bench-srlm-{os.getpid()}"  # a new version: an existing one would be returned untrained
     meter = Meter()
     manifest = train_dpo(store, "m0", version, pairs, cfg, run_id="bench", iteration=2, work_dir=work / "srlm",

@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--max-tokens", type=int, help="default 128 (judge: 64, tiny's judge.max_tokens)")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch-size", type=int, default=16, help="transformers engine max_batch_size")
     parser.add_argument("--kv-cache-gib", type=float, default=2, help="vLLM CPU KV cache")
     parser.add_argument("--store", help="model store holding M0 (default: a temporary one)")

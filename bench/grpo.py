@@ -46,7 +46,7 @@ def run_srlm(store, groups: list[dict], work: Path, steps: int) -> dict:
     from srlm.config import GRPOConfig
     from srlm.trainer.grpo import train_grpo
 
-    cfg = GRPOConfig(batch_size=BATCH, max_steps=steps, save_steps=10_000)
+    cfg = GRPOConfig(batch_size=BATCH, max_steps=steps, save_steps=10_000, precision="bf16")  # as TRL's default
     version = f"bench-srlm-{os.getpid()}"
     meter = Meter()
     train_grpo(store, "m0", version, groups, cfg, run_id="bench", iteration=2, work_dir=work / "srlm", seed=42,

@@ -35,7 +35,8 @@ def run_srlm(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
     from srlm.config import RewardModelConfig
     from srlm.trainer.reward_model import train_reward_model
 
-    cfg = RewardModelConfig(**{"max_length": MAX_LENGTH, "held_out_fraction": 0.0, "save_steps": 10_000, **overrides})
+    cfg = RewardModelConfig(**{"max_length": MAX_LENGTH, "held_out_fraction": 0.0, "save_steps": 10_000,
+                               "precision": "bf16", **overrides})  # bf16 autocast as TRL's default
     version = f"bench-srlm-{os.getpid()}"
     meter = Meter()
     manifest = train_reward_model(store, "m0", version, pairs, cfg, run_id="bench", work_dir=work / "srlm", seed=42,

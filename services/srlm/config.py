@@ -123,7 +123,7 @@ class EngineChoice(Section):
     chart's GPU requests and the request limits hold for every service."""
 
     kind: Literal["transformers", "vllm"] | None = None
-    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
     max_batch_size: int | None = Field(None, ge=1)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     cpu_kv_cache_gib: float | None = Field(None, gt=0)
@@ -136,7 +136,9 @@ class EngineConfig(Section):
     for the eval gate and the report); ``services`` changes it for one inference service."""
 
     kind: Literal["transformers", "vllm"] = "transformers"
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU and on a CPU that computes bf16 natively (AVX512-BF16, AMX), "
+                            "float32 on other CPUs, which emulate bf16 (a forward x6 slower: bench/precision.py)")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]' (transformers engine)")
     max_batch_size: int = Field(16, ge=1, description="sequences generated together (transformers engine)")
     max_model_len: int = Field(2048, ge=128)
@@ -323,8 +325,9 @@ class TrainingSection(Section):
     logprob_tile: int = Field(8192, ge=256, description="vocabulary columns TRL's fused LM head scores at once "
                                                         "(TRL: 32768); smaller: less memory, log-probs equal "
                                                         "to float rounding")
-    precision: Literal["bf16", "fp32"] = Field(
-        "bf16", description="bf16: fp32 weights, bf16 autocast (GPUs; CPUs with AMX/AVX512-BF16); fp32: no autocast")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16: fp32 weights, bf16 autocast; fp32: no autocast; auto: bf16 on a GPU and on a CPU "
+                            "with AVX512-BF16 or AMX, fp32 on other CPUs (bf16 emulated: a step x26 slower)")
     use_lora: bool = False
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

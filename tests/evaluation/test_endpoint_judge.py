@@ -1,9 +1,10 @@
 """The fixed judge over an OpenAI-compatible endpoint, against a REAL ``vllm serve`` of SmolLM2 (M0).
 
 The server is vLLM's own OpenAI API server (CPU build here), started as a subprocess with the
-settings srlm's vLLM engine uses on CPU (bf16, eager, KV cache size from the environment); the
-judge discovers the model, reads A/B log-probabilities, agrees with the same model judging
-through srlm's transformers engine, and reports unreachable endpoints and server errors."""
+settings srlm's vLLM engine uses on CPU (engine.dtype auto, eager, KV cache size from the
+environment); the judge discovers the model, reads A/B log-probabilities, agrees with the same
+model judging through srlm's transformers engine, and reports unreachable endpoints and server
+errors."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from srlm.bus.local_broker import free_port
 from srlm.config import SRLMConfig
 from srlm.evaluation.pairwise import EndpointPairwiseJudge, ModelPairwiseJudge, preferences
 from srlm.runtime.model_host import ModelHost
+from srlm.runtime.precision import engine_dtype
 
 pytestmark = [pytest.mark.model]
 
@@ -70,7 +72,7 @@ def vllm_server(m0_dir, tmp_path_factory):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(m0_dir), "--served-model-name", SERVED_NAME,
            "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
+           "--dtype", engine_dtype("auto", "cpu"), "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
            "--max-logprobs", "20", "--disable-uvicorn-access-log"]
     log = open(log_path, "wb")
     start = time.perf_counter()
@@ -138,9 +140,9 @@ def test_endpoint_agrees_with_transformers_engine(vllm_server, m0):
     # this clear case averages to about a tie on both engines; what is checked is that the two
     # engines read the same distribution. They cannot agree exactly: the engine judge asks after an
     # assistant prefix ("Better response:") while the endpoint gets the bare generation prompt, and
-    # bf16 logits move the A-B gap in steps of 0.125 (about 0.03 in probability near 0.8). Observed
-    # gaps are <= 0.03; 0.1 leaves room for kernels and thread counts while catching a misread reply
-    # (e.g. only one letter found, which would give 1.0 or 0.0).
+    # bf16 logits (where the CPU has native bf16) move the A-B gap in steps of 0.125 (about 0.03 in
+    # probability near 0.8). Observed gaps are <= 0.03; 0.1 leaves room for kernels and thread
+    # counts while catching a misread reply (e.g. only one letter found, which would give 1.0 or 0.0).
     assert abs(endpoint_forward - local_forward) < 0.1
     assert abs(endpoint - local) < 0.1
 

@@ -11,11 +11,13 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from srlm.config import EngineConfig
 from srlm.models.engines import GenerationEngine, SamplingParams, create_engine
 from srlm.models.engines.base import truncate_at_stop
 from srlm.models.engines.hf import TransformersEngine
+from srlm.runtime.precision import cpu_has_native_bf16
 from tests.models.conftest import ADAPTERS
 
 pytestmark = pytest.mark.model
@@ -246,6 +248,8 @@ def test_transformers_seed_reproduces(m0_dir):
         engine.generate(CONVERSATIONS, SamplingParams())
     engine.load(m0_dir, "m0")
     try:
+        # engine.dtype auto: bf16 only where this CPU computes it natively
+        assert engine.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
         params = SamplingParams(n=2, temperature=1.0, top_p=0.95, max_tokens=12, seed=123)
         first = engine.generate(CONVERSATIONS, params)
         assert engine.generate(CONVERSATIONS, params) == first
@@ -260,7 +264,6 @@ def test_engines_record_sampled_tokens_and_their_logprobs(m0_dir, kind, top_p):
     teacher-forced forward pass over prompt + sample gives (the GRPO trainer's computation).
     vLLM renormalises over the nucleus before it reports log-probs, so it records them only
     at top_p 1; under a nucleus its samples carry their tokens alone."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from srlm.models.engines.base import chat_prompt_ids

@@ -19,6 +19,7 @@ import torch
 
 from srlm.config import ConfigError, SRLMConfig
 from srlm.models.store import ModelStore, ModelStoreError
+from srlm.runtime.precision import engine_dtype
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class RewardModelScorer:
 
         self.version_id = version_id
         self.device = _resolve_device(device)
+        dtype = engine_dtype(dtype, self.device)
         self.batch_size, self.max_length = batch_size, max_length
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=getattr(torch, dtype))

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from srlm.config import DistributedConfig, SRLMConfig, TrainingSection, dump_config
 from srlm.models.store import Manifest, ModelStore
 from srlm.runtime import metrics as prom
+from srlm.runtime.precision import training_precision
 from srlm.trainer.job import PROGRESS_FILE, SPEC_FILE, ProgressFn, clear_work_dir, prepare_round
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def run_distributed_round(store: ModelStore, config: SRLMConfig, *, kind: str, b
             "seed": seed, "work_dir": str(work_dir), "data_metrics": dict(data_metrics or {}),
             "section": cfg.model_dump(mode="json"), "config_yaml": dump_config(config)})
         (work_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    command = launch_command(dist, topo, spec_path, cfg.precision)
+    command = launch_command(dist, topo, spec_path, training_precision(cfg.precision))
     log.info("%s %s -> %s on %d process(es) x %d node(s) (%s), node %d: %s", kind.upper(), base_version,
              out_version, topo.procs_per_node, topo.nodes, dist.strategy, topo.node_rank, " ".join(command))
     proc = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)

@@ -27,6 +27,7 @@ from srlm.config import TrainingSection
 from srlm.models.adapters import ADAPTER_CONFIG, adapter_config, concat_adapters, merge_into_folder
 from srlm.models.store import ADAPTER_BASE, Manifest, ModelStore
 from srlm.runtime import metrics as prom
+from srlm.runtime.precision import training_precision
 from srlm.trainer.schedule import gradient_accumulation_steps, lr_scheduler_args
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def training_arguments(cfg: TrainingSection, *, output_dir: Path, seed: int) -> 
         "seed": seed,
         "data_seed": seed,
         "use_cpu": not torch.cuda.is_available(),  # TRL's bf16 fails on a CPU unless use_cpu is set
-        "bf16": cfg.precision == "bf16",
+        "bf16": training_precision(cfg.precision) == "bf16",
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False,
                                           "every_n_layers": cfg.gradient_checkpointing_every_n_layers},

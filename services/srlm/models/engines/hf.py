@@ -30,6 +30,7 @@ from srlm.models.engines.base import (
     truncate_at_stop,
     validate_conversations,
 )
+from srlm.runtime.precision import engine_dtype
 
 if TYPE_CHECKING:
     from srlm.config import EngineConfig
@@ -214,6 +215,7 @@ class TransformersEngine(GenerationEngine):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.device = _resolve_device(cfg.device)
+        self.dtype = engine_dtype(cfg.dtype, self.device)
         self.model = None
         self.tokenizer = None
         self.version_id: str | None = None
@@ -244,7 +246,7 @@ class TransformersEngine(GenerationEngine):
                     self._serve(*previous)
                 raise
         log.info("transformers engine serving %s from %s on %s (%s)", served[-1], served[2] or served[0],
-                 self.device, self.cfg.dtype)
+                 self.device, self.dtype)
 
     def _serve(self, base_dir: Path, base_id: str, adapter_dir: Path | None, version_id: str) -> None:
         from srlm.models.adapters import load_with_adapter
@@ -266,7 +268,7 @@ class TransformersEngine(GenerationEngine):
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = load_model(model_dir, self.cfg.dtype).to(self.device).eval()
+        model = load_model(model_dir, self.dtype).to(self.device).eval()
         if self.device == "cpu" and model.config._attn_implementation == "sdpa":
             _register_decode_attention()
             model.set_attn_implementation(DECODE_ATTENTION)

@@ -38,6 +38,7 @@ from srlm.models.engines.base import (
     token_budget,
     validate_conversations,
 )
+from srlm.runtime.precision import engine_dtype
 
 if TYPE_CHECKING:
     from srlm.config import EngineConfig
@@ -50,7 +51,7 @@ def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False, on_cpu: b
     parallelism (TP x PP devices) and, to serve adapter versions, LoRA."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
-        "dtype": cfg.dtype,
+        "dtype": engine_dtype(cfg.dtype, "cpu" if on_cpu else "cuda"),
         "max_model_len": cfg.max_model_len,
         "enforce_eager": cfg.enforce_eager,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import grpc
 import pytest
 
-from srlm.config import load_config
+from srlm.config import SRLMConfig, load_config
 from srlm.local import LocalStack
 from srlm.runtime.pipeline import read_topic
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 CI_CONFIG = REPO / "configs" / "ci.yaml"
+
+
+@dataclass
+class Finished:
+    """A run that ended, on its stack (still up): ``config`` is the stack's client config."""
+    stack: LocalStack
+    config: SRLMConfig
+    state: records_pb2.RunState
 
 
 def stack_for(tmp: Path, **env: str) -> LocalStack:

@@ -15,15 +15,10 @@ pair to train on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
-from srlm.config import SRLMConfig
-from srlm.local import LocalStack
 from srlm.models.store import ModelStore
-from srlm.v1 import records_pb2
-from tests.e2e.conftest import finished_run, pair_records
+from tests.e2e.conftest import Finished, finished_run, pair_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 
@@ -35,23 +30,15 @@ STRICT_GATE = {"SRLM_RUN__ITERATIONS": "2", "SRLM_EVAL_GATE__MAX_LENGTH_GROWTH":
                "SRLM_JUDGE__VERDICT_READOUT": "expected"}
 
 
-@dataclass
-class Finished:
-    stack: LocalStack
-    config: SRLMConfig
-    state: records_pb2.RunState
-    store: ModelStore
-
-
 @pytest.fixture(scope="module")
 def strict_ddp_run(tmp_path_factory):
     with finished_run(tmp_path_factory.mktemp("ddp"), RUN_ID, **TWO_PROCESSES, **STRICT_GATE) as (stack, state):
-        config = stack.client_config()
-        yield Finished(stack, config, state, ModelStore(config.model_store.root))
+        yield Finished(stack, stack.client_config(), state)
 
 
 def test_the_loop_runs_its_training_rounds_on_two_processes(strict_ddp_run):
-    config, store = strict_ddp_run.config, strict_ddp_run.store
+    config = strict_ddp_run.config
+    store = ModelStore(config.model_store.root)
     for n in (1, 2, 3):
         manifest = store.get(f"{RUN_ID}.m{n}")
         assert manifest.extra["world_size"] == 2, manifest.version_id
@@ -66,7 +53,8 @@ def test_the_loop_runs_its_training_rounds_on_two_processes(strict_ddp_run):
 
 
 def test_rejected_candidate_never_serves(strict_ddp_run):
-    stack, state, store = strict_ddp_run.stack, strict_ddp_run.state, strict_ddp_run.store
+    stack, state = strict_ddp_run.stack, strict_ddp_run.state
+    store = ModelStore(strict_ddp_run.config.model_store.root)
     first, second = state.iterations
     assert first.pairs > 0, "iteration 1 made no pairs to train M2 on"
     assert not first.promoted and first.gate_reason.startswith("rejected: mean length grew"), first.gate_reason

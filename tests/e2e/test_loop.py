@@ -17,7 +17,6 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,24 +26,16 @@ from srlm.bus import TopicRegistry, read_to_end
 from srlm.config import SRLMConfig
 from srlm.console import follow_run
 from srlm.controller.report import training_lines, write_report
-from srlm.local import LocalStack
 from srlm.models.store import ModelStore
 from srlm.runtime.pipeline import read_topic
 from srlm.runtime.tracking import read_scalars
 from srlm.v1 import records_pb2, services_pb2, services_pb2_grpc
-from tests.e2e.conftest import CI_CONFIG, pair_records, stack_for, start_run, started, wait_run
+from tests.e2e.conftest import CI_CONFIG, Finished, pair_records, stack_for, start_run, started, wait_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.model]
 
 RUN_ID = "loop"
 RUN_TIMEOUT_S = 1800
-
-
-@dataclass
-class Finished:
-    stack: LocalStack
-    config: SRLMConfig
-    state: records_pb2.RunState
 
 
 def pair_ids(config: SRLMConfig) -> list[str]:

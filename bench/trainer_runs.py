@@ -47,11 +47,11 @@ def step_meter(meter: Meter):
     return StepMeter()
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, runners: tuple[str, ...] = ("srlm", "trl")) -> None:
     """``--only``, ``--store`` and the children's ``--child``."""
-    parser.add_argument("--only", choices=("srlm", "trl"))
+    parser.add_argument("--only", choices=runners)
     parser.add_argument("--store", help="model store root holding m0 (default: a temporary one)")
-    parser.add_argument("--child", choices=("srlm", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=runners, help=argparse.SUPPRESS)
 
 
 @contextmanager
@@ -84,11 +84,12 @@ def child(args: argparse.Namespace, runners: dict, data: list[dict], *extra) -> 
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_children(script: str, args: argparse.Namespace, store, argv: list[str]) -> dict[str, dict]:
-    """``script --child which --store S argv...`` for srlm and TRL (or ``--only`` one), each in a
+def run_children(script: str, args: argparse.Namespace, store, argv: list[str],
+                 runners: tuple[str, ...] = ("srlm", "trl")) -> dict[str, dict]:
+    """``script --child which --store S argv...`` for each runner (or ``--only`` one), each in a
     process of its own; their ``RESULT {json}`` lines."""
     results = {}
-    for which in (args.only,) if args.only else ("srlm", "trl"):
+    for which in (args.only,) if args.only else runners:
         proc = subprocess.run([sys.executable, script, "--child", which, "--store", str(store.root), *argv],
                               capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -99,7 +100,7 @@ def run_children(script: str, args: argparse.Namespace, store, argv: list[str]) 
 
 
 def print_comparison(results: dict[str, dict], names: dict[str, str]) -> None:
-    """A row per trainer (with its final loss where it has one), then srlm / TRL ratios."""
+    """A row per trainer (with its final loss where it has one), then each one's ratios to TRL."""
     losses = any("loss" in r for r in results.values())
     print(f"\n{'trainer':<26}{'tokens':>8}{'e2e tok/s':>11}{'step tok/s':>12}{'peak RSS GiB':>14}"
           + (f"{'loss':>9}" if losses else ""))
@@ -107,7 +108,8 @@ def print_comparison(results: dict[str, dict], names: dict[str, str]) -> None:
         loss = "" if not losses else f"{'-' if r.get('loss') is None else format(r['loss'], '.4f'):>9}"
         print(f"{names[which]:<26}{r['tokens']:>8}{r['end_to_end']:>11.1f}{r['steps']:>12.1f}"
               f"{r['peak_rss_gib']:>14.2f}{loss}")
-    if len(results) == 2:
-        s, t = results["srlm"], results["trl"]
-        print(f"\nsrlm / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
-              f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
+    t = results.get("trl")
+    for which, s in results.items():
+        if t is not None and which != "trl":
+            print(f"\n{which} / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
+                  f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")

@@ -145,14 +145,21 @@ def test_resume_picks_the_newest_complete_checkpoint_and_drops_a_cut_short_one(t
     assert not (tmp_path / "checkpoint-11").exists()
 
 
-def test_logprob_tile_is_the_width_trls_fused_head_reads(monkeypatch):
+def test_trls_fused_head_reads_the_tile_and_is_compact_on_a_cpu(monkeypatch):
+    import torch
     import trl.trainer.utils as trl_utils
 
-    from srlm.trainer.job import set_logprob_tile
+    from srlm.trainer.job import configure_fused_lm_head
 
     monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
-    set_logprob_tile(DPOConfig(logprob_tile=1024))
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(trl_utils._use_triton, "__wrapped__", trl_utils._use_triton))
+    assert not trl_utils._use_triton(torch.device("cpu"))  # TRL projects every position on a CPU
+    for _ in range(2):  # configuring twice wraps once
+        configure_fused_lm_head(DPOConfig(logprob_tile=1024))
     assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 1024
+    assert trl_utils._use_triton(torch.device("cpu"))
+    assert not trl_utils._use_triton(torch.device("meta"))
+    assert not hasattr(trl_utils._use_triton.__wrapped__, "srlm_compact_on_cpu")  # TRL's own, wrapped once
     with pytest.raises(ConfigError, match="logprob_tile"):
         parse_config({"dpo": {"logprob_tile": 16}})
 

@@ -112,6 +112,46 @@ def test_sft_loss_is_on_the_answer_tokens_only(m0, tmp_path):
         assert tok.decode(labels[n:]) == row["completion"][0]["content"] + "<|im_end|>\n"
 
 
+def test_the_fused_lm_head_scores_only_the_answer_positions_with_the_same_loss(m0, tmp_path, monkeypatch):
+    """On a CPU, TRL's fused LM head projects every position; srlm's trainers have it project
+    only the labelled ones (configure_fused_lm_head). Same loss, gradients and metrics."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    store, base = m0
+    trainer = build_sft_trainer(store.path(base.version_id), sft_examples(SFT_ROWS), tiny(SFTConfig),
+                                output_dir=tmp_path, seed=0)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    scored: list[int] = []  # positions each call of the head's kernel projects
+    kernel = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            scored.append(hidden.shape[0])
+            return kernel.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    model = trainer.model.eval()  # no dropout: both passes compute the same function
+
+    def loss_and_grad():
+        model.zero_grad()
+        trainer._metrics["eval"].clear()
+        loss = trainer.compute_loss(model, {k: v.clone() for k, v in batch.items()})
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["eval"].items() if k in ("entropy", "mean_token_accuracy")}
+        return loss.item(), model.get_output_embeddings().weight.grad.clone(), metrics
+
+    compact = loss_and_grad()
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton.__wrapped__)  # TRL's own choice
+    full = loss_and_grad()
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert scored == [labelled, batch["labels"][:, 1:].numel()] and labelled < scored[1] / 2, scored
+    assert compact[0] == pytest.approx(full[0], rel=1e-5)
+    assert torch.allclose(compact[1], full[1], rtol=1e-4, atol=1e-7)
+    assert compact[2] == pytest.approx(full[2], rel=1e-5) and set(compact[2]) == {"entropy", "mean_token_accuracy"}
+
+
 def test_dpo_trains_and_publishes_with_reward_metrics(m0, tmp_path, monkeypatch):
     store, base = m0
     progress = Progress()

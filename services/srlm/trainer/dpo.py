@@ -13,7 +13,7 @@ from trl import DPOTrainer
 from srlm.config import DPOConfig
 from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.data import dpo_examples
-from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
+from srlm.trainer.job import (ProgressFn, configure_fused_lm_head, load_model, lora_config, run_round,
                               training_arguments, training_dataset)
 
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -33,7 +33,7 @@ def build_dpo_trainer(model_dir: Path, examples: list[dict], cfg: DPOConfig, *, 
     The reference log-probs come from M_t itself before any update (``precompute_ref_log_probs``,
     in eval mode: no dropout), from a frozen copy of M_t, or with LoRA from M_t with the adapter off.
     """
-    set_logprob_tile(cfg)
+    configure_fused_lm_head(cfg)
     model, tokenizer = load_model(model_dir, cfg)
     peft_config = lora_config(cfg)
     separate_ref = not (peft_config or cfg.precompute_ref_log_probs)

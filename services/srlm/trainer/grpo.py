@@ -23,7 +23,7 @@ from srlm.config import GRPOConfig
 from srlm.models.engines.base import chat_prompt_ids
 from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.data import TrainingDataError, grpo_groups, sampling_temperature
-from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
+from srlm.trainer.job import (ProgressFn, configure_fused_lm_head, load_model, lora_config, run_round,
                               training_arguments, training_dataset)
 
 # TRL's per-step logs averaged into the manifest ("kl" only when beta > 0).
@@ -83,7 +83,7 @@ def grpo_examples(rows: list[dict], cfg: GRPOConfig) -> tuple[list[dict], dict[s
 def build_grpo_trainer(model_dir: Path, examples: list[dict], groups: dict[str, list[dict]], cfg: GRPOConfig, *,
                        temperature: float, output_dir: Path, seed: int,
                        callbacks: Sequence[TrainerCallback] = ()) -> GroupGRPOTrainer:
-    set_logprob_tile(cfg)
+    configure_fused_lm_head(cfg)
     model, tokenizer = load_model(model_dir, cfg)
     group_size = len(next(iter(groups.values())))
     if cfg.batch_size % group_size:

@@ -135,19 +135,38 @@ def keep_every_n_layers(model: PreTrainedModel, every_n_layers: int) -> None:
     model.gradient_checkpointing_enable = enable_every_n
 
 
-def set_logprob_tile(cfg: TrainingSection) -> None:
-    """Score tokens against ``cfg.logprob_tile`` vocabulary columns at a time in TRL's fused LM head.
+def configure_fused_lm_head(cfg: TrainingSection) -> None:
+    """TRL's fused LM head as srlm trains with it (process-wide: TRL 1.16 reads both settings
+    from its module at each call):
 
-    TRL's default tile (32768 columns) keeps several fp32 ``[tokens, 32768]`` temporaries alive
-    in its CPU fallback: ~2 GiB at batch 2 x 512 tokens, a third of the DPO step's peak. TRL 1.16
-    reads the width from a module constant at each call; it is process-wide.
+    - it scores ``cfg.logprob_tile`` vocabulary columns at a time. TRL's default tile (32768
+      columns) keeps several fp32 ``[tokens, 32768]`` temporaries alive in its CPU fallback:
+      ~2 GiB at batch 2 x 512 tokens, a third of the DPO step's peak;
+    - on a CPU too it projects only the positions that have a label, as it does on CUDA. TRL
+      projects every position elsewhere because a varying count recompiles XLA graphs (Neuron);
+      on a CPU that is pure waste: an EFT example is a ~700-token judge prompt and a ~50-token
+      target, so the head ran 15x the positions the loss needs (bench/sft.py).
     """
     import trl.trainer.utils as trl_utils
 
-    if not hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):
-        log.warning("this TRL (%s) has no _CHUNKED_LOGPROB_CHUNK_SIZE: logprob_tile is ignored", trl.__version__)
+    if not hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE") or not hasattr(trl_utils, "_use_triton"):
+        log.warning("this TRL (%s) has no _CHUNKED_LOGPROB_CHUNK_SIZE or _use_triton: logprob_tile is ignored and "
+                    "the fused LM head scores every position on a CPU", trl.__version__)
         return
     trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = cfg.logprob_tile
+    if not getattr(trl_utils._use_triton, "srlm_compact_on_cpu", False):
+        trl_utils._use_triton = _compact_on_cpu(trl_utils._use_triton)
+
+
+def _compact_on_cpu(use_triton: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """TRL's "compact" test (score only the labelled positions; Triton's devices) with the CPU
+    added. In ``trl.trainer.utils`` it decides nothing else: the kernels read their own."""
+    def compact(device) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    compact.srlm_compact_on_cpu = True
+    compact.__wrapped__ = use_triton
+    return compact
 
 
 def lora_config(cfg: TrainingSection, task_type: str = "CAUSAL_LM"):

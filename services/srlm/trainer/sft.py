@@ -12,7 +12,7 @@ from trl import SFTTrainer
 from srlm.config import SFTConfig
 from srlm.models.store import Manifest, ModelStore
 from srlm.trainer.data import sft_examples
-from srlm.trainer.job import (ProgressFn, load_model, lora_config, run_round, set_logprob_tile,
+from srlm.trainer.job import (ProgressFn, configure_fused_lm_head, load_model, lora_config, run_round,
                               training_arguments, training_dataset)
 
 
@@ -31,7 +31,7 @@ def fitting_examples(examples: list[dict], tokenizer, max_length: int) -> list[d
 def build_sft_trainer(model_dir: Path, examples: list[dict], cfg: SFTConfig, *, output_dir: Path, seed: int,
                       callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
     """TRL's SFTTrainer on prompt-completion examples: prompt tokens are masked out of the labels."""
-    set_logprob_tile(cfg)
+    configure_fused_lm_head(cfg)
     model, tokenizer = load_model(model_dir, cfg)
     examples = fitting_examples(examples, tokenizer, cfg.max_length)
     args = TRLSFTConfig(**training_arguments(cfg, output_dir=output_dir, seed=seed), completion_only_loss=True)

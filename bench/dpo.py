@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.trainer_runs import (  # noqa: E402
     WORDS, Meter, add_run_arguments, base_model_store, parse_overrides, child, print_comparison, run_children,
-    step_meter)
+    run_trl_trainer)
 
 BATCH = 2
 
@@ -67,24 +67,12 @@ def run_srlm(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
 
 
 def run_trl(store, pairs: list[dict], work: Path, overrides: dict) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from srlm.trainer.data import dpo_examples
 
-    path = store.path("m0")
-    args = DPOConfig(output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=BATCH,
-                     max_length=512, use_cpu=not torch.cuda.is_available(), seed=42, report_to=[], disable_tqdm=True,
-                     include_num_input_tokens_seen="non_padding")  # counting only; no effect on training
-    meter = Meter()
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
-                         train_dataset=Dataset.from_list(dpo_examples(pairs)),
-                         processing_class=AutoTokenizer.from_pretrained(path), callbacks=[step_meter(meter)])
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # TRL logs every 10 steps
-    return {**meter.rates(), "loss": losses[-1] if losses else None}
+    return run_trl_trainer(DPOTrainer, DPOConfig, store, dpo_examples(pairs), work, per_device_train_batch_size=BATCH,
+                           max_length=512)
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ EFT rationales cut back to their last whole sentence (what ``judge.forced_verdic
 EFT data is built). The result goes to a scratch store (a copy of the base there), never to the
 run's. Without ``--run``, M0 is imported into the scratch store and the SFT rows are built there
 as the trainer builds them (``build_sft_rows``: IFT plus EFT judged by M0, whole sentences
-already), so EFT settings (``SRLM_SEED_DATA__*`` variables) can be tried without a run.
+already), so EFT settings (``SRLM_SEED_DATA__*`` variables) can be tried without a run; SFT settings
+(``SRLM_SFT__*``, e.g. ``SRLM_SFT__DROPOUT=0``) train another M1 on the same rows.
 Then the suite's ``judge`` part on the held-out judge set, once per ``--judge-max-tokens``:
 free-text parse rate, pairwise accuracy and Spearman, with 95% bootstrap intervals, beside
 M0's and the run's own M1's, and each M1's paired difference in pairwise accuracy from M0.
@@ -79,7 +80,8 @@ def main() -> None:
     store = ModelStore(config.model_store.root)
     scratch = ModelStore(args.scratch)
     sft = config.sft.model_copy(update={"num_epochs": args.epochs or config.sft.num_epochs})
-    name = f"{'replay' if args.run else 'built'}-e{sft.num_epochs:g}{'-whole' if args.whole_sentences else ''}"
+    name = (f"{'replay' if args.run else 'built'}-e{sft.num_epochs:g}-dropout{sft.dropout:g}"
+            f"{'-whole' if args.whole_sentences else ''}")
     if args.run:
         base, recorded = f"{args.run}.m0", f"{args.run}.m1"
         # the base with its judge set (built once) and the run's own M1, the baseline

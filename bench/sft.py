@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.trainer_runs import (  # noqa: E402
     WORDS, Meter, add_run_arguments, base_model_store, child, parse_overrides, print_comparison, run_children,
-    step_meter)
+    run_trl_trainer)
 
 REPO = Path(__file__).resolve().parents[1]
 PER_DEVICE, ACCUMULATION, MAX_LENGTH = 2, 2, 768
@@ -70,8 +70,8 @@ def run_srlm(store, rows: list[dict], work: Path, overrides: dict) -> dict:
 
     version = f"bench-srlm-{os.getpid()}"  # a new version: an existing one would be returned untrained
     meter = Meter()
-    manifest = train_sft(store, "m0", version, rows, sft_section(overrides), run_id="bench", work_dir=work / "srlm", seed=42,
-                         progress_cb=progress)
+    manifest = train_sft(store, "m0", version, rows, sft_section(overrides), run_id="bench", work_dir=work / "srlm",
+                         seed=42, progress_cb=progress)
     store.delete(version)
     return {**meter.rates(), "loss": manifest.metrics["loss"]}
 
@@ -84,25 +84,13 @@ def run_srlm_full_head(store, rows: list[dict], work: Path, overrides: dict) -> 
 
 
 def run_trl(store, rows: list[dict], work: Path, overrides: dict) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from srlm.trainer.data import sft_examples
 
-    path = store.path("m0")
-    args = SFTConfig(output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=PER_DEVICE,
-                     gradient_accumulation_steps=ACCUMULATION, max_length=MAX_LENGTH, bf16=False,
-                     use_cpu=not torch.cuda.is_available(), seed=42, report_to=[], disable_tqdm=True,
-                     include_num_input_tokens_seen="non_padding")  # counting only; no effect on training
-    meter = Meter()
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
-                         train_dataset=Dataset.from_list(sft_examples(rows)),
-                         processing_class=AutoTokenizer.from_pretrained(path), callbacks=[step_meter(meter)])
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # TRL logs every 10 steps
-    return {**meter.rates(), "loss": losses[-1] if losses else None}
+    return run_trl_trainer(SFTTrainer, SFTConfig, store, sft_examples(rows), work,
+                           per_device_train_batch_size=PER_DEVICE, gradient_accumulation_steps=ACCUMULATION,
+                           max_length=MAX_LENGTH, bf16=False)
 
 
 def main() -> None:

@@ -47,6 +47,26 @@ def step_meter(meter: Meter):
     return StepMeter()
 
 
+def run_trl_trainer(trainer_cls, config_cls, store, examples: list[dict], work: Path, **fixed) -> dict:
+    """TRL's ``trainer_cls`` on M0 with ``config_cls``'s defaults and only the ``fixed`` values (plus
+    the same seed, the CPU where there is no GPU, no reporting); its rates and last logged loss."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = store.path("m0")
+    args = config_cls(output_dir=str(work / "trl"), num_train_epochs=1, use_cpu=not torch.cuda.is_available(),
+                      seed=42, report_to=[], disable_tqdm=True,
+                      include_num_input_tokens_seen="non_padding", **fixed)  # counting only; no effect on training
+    meter = Meter()
+    trainer = trainer_cls(model=AutoModelForCausalLM.from_pretrained(path), args=args,
+                          train_dataset=Dataset.from_list(examples),
+                          processing_class=AutoTokenizer.from_pretrained(path), callbacks=[step_meter(meter)])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # TRL logs every 10 steps
+    return {**meter.rates(), "loss": losses[-1] if losses else None}
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, runners: tuple[str, ...] = ("srlm", "trl")) -> None:
     """``--only``, ``--store`` and the children's ``--child``."""
     parser.add_argument("--only", choices=runners)
@@ -112,4 +132,5 @@ def print_comparison(results: dict[str, dict], names: dict[str, str]) -> None:
     for which, s in results.items():
         if t is not None and which != "trl":
             print(f"\n{which} / TRL: end-to-end tokens/s {s['end_to_end'] / t['end_to_end']:.2f}x, "
-                  f"step tokens/s {s['steps'] / t['steps']:.2f}x, peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")
+                  f"step tokens/s {s['steps'] / t['steps']:.2f}x, "
+                  f"peak RSS {s['peak_rss_gib'] / t['peak_rss_gib']:.2f}x")

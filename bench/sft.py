@@ -38,8 +38,9 @@ RUNNERS = ("srlm", "srlm-full-head", "trl")
 
 
 def eft_rows(n: int, prompt_words: int, seed: int = 0) -> list[dict]:
-    """Deterministic EFT-shaped rows: the paper's judge prompt around a ``prompt_words``-word
-    response, and a ~40-word rationale ending in its verdict."""
+    """Deterministic EFT-shaped rows: the paper's judge prompt around a response of a third of
+    ``prompt_words`` to all of it (a batch is padded, as real ones are), and a ~40-word
+    rationale ending in its verdict."""
     from srlm.recipe.judge import build_judge_messages
 
     rng = random.Random(seed)
@@ -47,7 +48,10 @@ def eft_rows(n: int, prompt_words: int, seed: int = 0) -> list[dict]:
     def text(words: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
-    return [{"prompt": build_judge_messages(f"Question {i}: {text(20)}", text(prompt_words)),
+    def response() -> str:
+        return text(rng.randint(prompt_words // 3, prompt_words))
+
+    return [{"prompt": build_judge_messages(f"Question {i}: {text(20)}", response()),
              "completion": [{"role": "assistant", "content": f"{text(40)}\nScore: {i % 6}"}],
              "example_id": f"bench-eft-{i}"} for i in range(n)]
 
@@ -97,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=12, help="one epoch: examples / 4 optimizer steps")
     parser.add_argument("--prompt-words", type=int, default=230,
-                        help="words of the judged response (~1.2 tokens each); 230: ~730-token examples")
+                        help="most words of a judged response (~1.2 tokens each); 230: 480-730-token examples")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an sft config value for srlm's runs (YAML value), e.g. dropout=0")
     add_run_arguments(parser, RUNNERS)

@@ -144,8 +144,8 @@ def configure_fused_lm_head(cfg: TrainingSection) -> None:
       ~2 GiB at batch 2 x 512 tokens, a third of the DPO step's peak;
     - on a CPU too it projects only the positions that have a label, as it does on CUDA. TRL
       projects every position elsewhere because a varying count recompiles XLA graphs (Neuron);
-      on a CPU that is pure waste: an EFT example is a ~700-token judge prompt and a ~50-token
-      target, so the head ran 15x the positions the loss needs (bench/sft.py).
+      on a CPU that is pure waste: an EFT example is a 400-770-token judge prompt and a ~50-token
+      target, so the head ran 10-15x the positions the loss needs (bench/sft.py: a step x1.36).
     """
     import trl.trainer.utils as trl_utils
 

@@ -17,7 +17,7 @@ of the chosen and rejected sequences trained on. Two rates:
   * steps: optimizer steps after the first (warm-up) only; srlm's reference scoring happened
     before them, TRL's happens inside them.
 
-    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|trl] [--set dropout=0 ...]
+    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|srlm-full-head|trl] [--set dropout=0 ...]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.trainer_runs import (  # noqa: E402
     WORDS, Meter, add_run_arguments, base_model_store, parse_overrides, child, print_comparison, run_children,
-    run_trl_trainer)
+    run_trl_trainer, with_full_lm_head)
 
 BATCH = 2
 
@@ -81,11 +81,11 @@ def main() -> None:
     parser.add_argument("--response-words", type=int, default=150, help="~1.2 tokens a word; 420 fills 512")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a dpo config value for srlm's run (YAML value), e.g. dropout=0")
-    add_run_arguments(parser)
+    add_run_arguments(parser, ("srlm", "srlm-full-head", "trl"))  # the full head with --only
     args = parser.parse_args()
     if args.child:
-        return child(args, {"srlm": run_srlm, "trl": run_trl}, synthetic_pairs(args.pairs, args.response_words),
-                     parse_overrides(args.set))
+        runners = {"srlm": run_srlm, "srlm-full-head": with_full_lm_head(run_srlm), "trl": run_trl}
+        return child(args, runners, synthetic_pairs(args.pairs, args.response_words), parse_overrides(args.set))
 
     from transformers import AutoTokenizer
 
@@ -100,7 +100,8 @@ def main() -> None:
         results = run_children(__file__, args, store, ["--pairs", str(args.pairs), "--response-words",
                                                        str(args.response_words), *(f"--set={kv}" for kv in args.set)])
 
-    print_comparison(results, {"srlm": "srlm train_dpo", "trl": "TRL DPOTrainer defaults"})
+    print_comparison(results, {"srlm": "srlm train_dpo", "srlm-full-head": "srlm, TRL's full LM head",
+                               "trl": "TRL DPOTrainer defaults"})
 
 
 if __name__ == "__main__":

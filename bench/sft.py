@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.trainer_runs import (  # noqa: E402
     WORDS, Meter, add_run_arguments, base_model_store, child, parse_overrides, print_comparison, run_children,
-    run_trl_trainer)
+    run_trl_trainer, with_full_lm_head)
 
 REPO = Path(__file__).resolve().parents[1]
 PER_DEVICE, ACCUMULATION, MAX_LENGTH = 2, 2, 768
@@ -80,13 +80,6 @@ def run_srlm(store, rows: list[dict], work: Path, overrides: dict) -> dict:
     return {**meter.rates(), "loss": manifest.metrics["loss"]}
 
 
-def run_srlm_full_head(store, rows: list[dict], work: Path, overrides: dict) -> dict:
-    from srlm.trainer import job
-
-    job._compact_on_cpu = lambda use_triton: use_triton  # TRL's own choice: every position on a CPU
-    return run_srlm(store, rows, work, overrides)
-
-
 def run_trl(store, rows: list[dict], work: Path, overrides: dict) -> dict:
     from trl import SFTConfig, SFTTrainer
 
@@ -108,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = eft_rows(args.examples, args.prompt_words)
     if args.child:
-        return child(args, {"srlm": run_srlm, "srlm-full-head": run_srlm_full_head, "trl": run_trl}, rows,
+        return child(args, {"srlm": run_srlm, "srlm-full-head": with_full_lm_head(run_srlm), "trl": run_trl}, rows,
                      parse_overrides(args.set))
 
     from transformers import AutoTokenizer

@@ -67,6 +67,18 @@ def run_trl_trainer(trainer_cls, config_cls, store, examples: list[dict], work: 
     return {**meter.rates(), "loss": losses[-1] if losses else None}
 
 
+def with_full_lm_head(run):
+    """``run`` with TRL's own choice on a CPU of projecting every position through the fused LM
+    head: what srlm's compact path (``configure_fused_lm_head``) is worth."""
+    def full_head(*args):
+        from srlm.trainer import job
+
+        job._compact_on_cpu = lambda use_triton: use_triton
+        return run(*args)
+
+    return full_head
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, runners: tuple[str, ...] = ("srlm", "trl")) -> None:
     """``--only``, ``--store`` and the children's ``--child``."""
     parser.add_argument("--only", choices=runners)

@@ -17,7 +17,8 @@ of the chosen and rejected sequences trained on. Two rates:
   * steps: optimizer steps after the first (warm-up) only; srlm's reference scoring happened
     before them, TRL's happens inside them.
 
-    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|srlm-full-head|trl] [--set dropout=0 ...]
+    python bench/dpo.py [--pairs 16] [--response-words 150] [--only srlm|srlm-full-head|trl]
+                        [--set dropout=0 ...]
 """
 
 from __future__ import annotations

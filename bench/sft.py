@@ -16,7 +16,8 @@ native bf16; TRL's default bf16 autocast is emulated there, x6 slower), on the C
 Each runs in its own process, so its peak RSS is its own. Tokens are the non-padding tokens
 trained on; rates as in ``bench/dpo.py`` (end to end from the call; steps after the first).
 
-    python bench/sft.py [--examples 12] [--prompt-words 230] [--only srlm|srlm-full-head|trl] [--set dropout=0]
+    python bench/sft.py [--examples 12] [--prompt-words 230] [--only srlm|srlm-full-head|trl]
+                        [--set dropout=0]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.trainer_runs import (  # noqa: E402
     WORDS, Meter, add_run_arguments, base_model_store, child, parse_overrides, print_comparison, run_children,
-    run_trl_trainer, with_full_lm_head)
+    run_trl_trainer, step_meter, with_full_lm_head)
 
 REPO = Path(__file__).resolve().parents[1]
 PER_DEVICE, ACCUMULATION, MAX_LENGTH = 2, 2, 768
@@ -68,14 +69,10 @@ def sft_section(overrides: dict):
 def run_srlm(store, rows: list[dict], work: Path, overrides: dict) -> dict:
     from srlm.trainer.sft import train_sft
 
-    def progress(step, total, logs):
-        if "loss" in logs:
-            meter.mark(logs["num_input_tokens_seen"])
-
     version = f"bench-srlm-{os.getpid()}"  # a new version: an existing one would be returned untrained
     meter = Meter()
     manifest = train_sft(store, "m0", version, rows, sft_section(overrides), run_id="bench", work_dir=work / "srlm",
-                         seed=42, progress_cb=progress)
+                         seed=42, callbacks=[step_meter(meter)])
     store.delete(version)
     return {**meter.rates(), "loss": manifest.metrics["loss"]}
 
@@ -110,15 +107,16 @@ def main() -> None:
 
     with base_model_store(args.store, "bench-sft-store-") as store:
         tok = AutoTokenizer.from_pretrained(store.path("m0"))
-        def length(messages, **kw):
-            return len(tok.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)["input_ids"])
+        def length(messages, **kw) -> int:
+            return len(tok.apply_chat_template(messages, return_dict=True, **kw)["input_ids"])
 
-        prompts = [length(e["prompt"], add_generation_prompt=True) for e in sft_examples(rows)]
-        full = [length(e["prompt"] + e["completion"]) for e in sft_examples(rows)]
+        prompts, answers = [], []
+        for e in sft_examples(rows):
+            prompts.append(length(e["prompt"], add_generation_prompt=True))
+            answers.append(length(e["prompt"] + e["completion"]) - prompts[-1])
         print(f"{args.examples} EFT-shaped examples (prompt {min(prompts)}-{max(prompts)} tokens, answer "
-              f"{min(f - p for f, p in zip(full, prompts))}-{max(f - p for f, p in zip(full, prompts))}), batch "
-              f"{PER_DEVICE * ACCUMULATION}, max length {MAX_LENGTH}, fp32, one epoch = "
-              f"{args.examples // (PER_DEVICE * ACCUMULATION)} optimizer steps each")
+              f"{min(answers)}-{max(answers)}), batch {PER_DEVICE * ACCUMULATION}, max length {MAX_LENGTH}, fp32, "
+              f"one epoch = {args.examples // (PER_DEVICE * ACCUMULATION)} optimizer steps each")
         results = run_children(__file__, args, store, ["--examples", str(args.examples), "--prompt-words",
                                                        str(args.prompt_words), *(f"--set={kv}" for kv in args.set)],
                                RUNNERS)

@@ -38,7 +38,7 @@ def main() -> None:
 
     from srlm.models.importer import import_base_model
     from srlm.models.store import ModelStore
-    from srlm.runtime.precision import cpu_has_native_bf16, engine_dtype, training_precision
+    from srlm.runtime.precision import cpu_has_fast_bf16, engine_dtype, training_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +75,7 @@ def main() -> None:
     for work in ("forward", "train_step"):
         fp32, bf16 = (statistics.median(seconds[(work, name)]) for name in ("fp32", "bf16"))
         print(f"{work:<12}{fp32:>10.2f}{bf16:>10.2f}{bf16 / fp32:>11.2f}x")
-    print(f"native bf16 on this CPU: {cpu_has_native_bf16()}; auto picks engine.dtype "
+    print(f"bf16 faster than fp32 on this CPU (AMX): {cpu_has_fast_bf16()}; auto picks engine.dtype "
           f"{engine_dtype('auto', 'cpu')}, training precision {training_precision('auto')}")
 
 

@@ -132,13 +132,14 @@ class EngineChoice(Section):
 
 
 class EngineConfig(Section):
-    """Generation engine used for prompt generation, sampling and judging (and by the controller
-    for the eval gate and the report); ``services`` changes it for one inference service."""
+    """Generation engine used for prompt generation, sampling and judging (and by the evaluation
+    suite: the eval gate, the report); ``services`` changes it for one of them."""
 
     kind: Literal["transformers", "vllm"] = "transformers"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bfloat16 on a GPU and on a CPU that computes bf16 natively (AVX512-BF16, AMX), "
-                            "float32 on other CPUs, which emulate bf16 (a forward x6 slower: bench/precision.py)")
+        "auto", description="auto: bfloat16 on a GPU and on a CPU with AMX, float32 on other CPUs, where bf16 is "
+                            "slower (a forward x6 where it is emulated, x1.4 with AVX512-BF16 alone: "
+                            "bench/precision.py)")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]' (transformers engine)")
     max_batch_size: int = Field(16, ge=1, description="sequences generated together (transformers engine)")
     max_model_len: int = Field(2048, ge=128)
@@ -179,10 +180,12 @@ class EngineConfig(Section):
                           "this node); mp (the only one vLLM's CPU build runs); ray: a running Ray cluster, which "
                           "may span nodes (the chart's inference.multiNode starts one per LeaderWorkerSet group)")
 
-    services: dict[Literal["promptgen", "sampler", "judge", "trainer"], EngineChoice] = Field(
-        default_factory=dict, description="per inference service (and the trainer's EFT judging before SFT), what "
-                                          "differs from this section (e.g. the sampler on vLLM, the judge on "
-                                          "transformers); the shipped configs say why each engine was chosen")
+    services: dict[Literal["promptgen", "sampler", "judge", "trainer", "evaluation"], EngineChoice] = Field(
+        default_factory=dict, description="per inference service (and the trainer's EFT judging before SFT, and "
+                                          "evaluation: the evaluation suite's engine in the controller's eval gate, "
+                                          "the run report and srlm eval), what differs from this section (e.g. the "
+                                          "sampler on vLLM, the judge on transformers); the shipped configs say why "
+                                          "each engine was chosen")
 
     @property
     def world_size(self) -> int:
@@ -327,7 +330,8 @@ class TrainingSection(Section):
                                                         "to float rounding")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="bf16: fp32 weights, bf16 autocast; fp32: no autocast; auto: bf16 on a GPU and on a CPU "
-                            "with AVX512-BF16 or AMX, fp32 on other CPUs (bf16 emulated: a step x26 slower)")
+                            "with AMX, fp32 on other CPUs (a step x26 slower where bf16 is emulated, x1.7 with "
+                            "AVX512-BF16 alone)")
     use_lora: bool = False
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

@@ -17,7 +17,7 @@ from srlm.config import EngineConfig
 from srlm.models.engines import GenerationEngine, SamplingParams, create_engine
 from srlm.models.engines.base import truncate_at_stop
 from srlm.models.engines.hf import TransformersEngine
-from srlm.runtime.precision import cpu_has_native_bf16
+from srlm.runtime.precision import cpu_has_fast_bf16
 from tests.models.conftest import ADAPTERS
 
 pytestmark = pytest.mark.model
@@ -249,7 +249,7 @@ def test_transformers_seed_reproduces(m0_dir):
     engine.load(m0_dir, "m0")
     try:
         # engine.dtype auto: bf16 only where this CPU computes it natively
-        assert engine.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+        assert engine.model.dtype == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
         params = SamplingParams(n=2, temperature=1.0, top_p=0.95, max_tokens=12, seed=123)
         first = engine.generate(CONVERSATIONS, params)
         assert engine.generate(CONVERSATIONS, params) == first

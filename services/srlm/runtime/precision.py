@@ -1,18 +1,19 @@
 """What ``engine.dtype: auto`` and a training section's ``precision: auto`` become on the device a
-process runs on: bf16 where the hardware computes it, fp32 elsewhere.
+process runs on: bf16 where the hardware computes it faster than fp32, fp32 elsewhere.
 
-A CPU without native bf16 (AVX512-BF16 or AMX) emulates it, and pays: on a 2-core AVX2-only EPYC
-a SmolLM2-135M forward ran x6.2 and a training step under bf16 autocast x26 slower than in fp32
-(``python bench/precision.py --tokens 128 --repeats 2``; it prints the ratios of the machine it
-runs on)."""
+On a CPU that means AMX tiles. A CPU without bf16 instructions emulates it: on a 2-core AVX2-only
+EPYC a SmolLM2-135M forward ran x6.2 and a training step under bf16 autocast x26 slower than in
+fp32. AVX512-BF16 alone (a dot product; everything around the matmuls converts) is not enough: on
+a 2-core Xeon with avx512_bf16 and no AMX, x1.42 and x1.67 slower (``python bench/precision.py
+--tokens 128 --repeats 2``, 2026-12-07; it prints the ratios of the machine it runs on)."""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
 
-# /proc/cpuinfo flags of the x86 instructions that compute in bf16
-CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# /proc/cpuinfo flags of the x86 units that compute bf16 faster than fp32
+CPU_BF16_FLAGS = frozenset({"amx_bf16"})
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -26,34 +27,34 @@ def cpu_flags(cpuinfo: str) -> set[str]:
 
 
 @cache
-def cpu_has_native_bf16() -> bool:
+def cpu_has_fast_bf16() -> bool:
     try:
         return bool(cpu_flags(Path("/proc/cpuinfo").read_text()) & CPU_BF16_FLAGS)
     except OSError:  # not Linux: nothing says it has them
         return False
 
 
-def native_bf16(device: str) -> bool:
-    """Whether ``device`` ('cpu', 'cuda', 'cuda:N') computes in bf16 natively."""
+def fast_bf16(device: str) -> bool:
+    """Whether ``device`` ('cpu', 'cuda', 'cuda:N') computes bf16 faster than fp32."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
+    return cpu_has_fast_bf16()
 
 
 def engine_dtype(dtype: str, device: str) -> str:
-    """``engine.dtype`` on ``device``: 'auto' is bfloat16 where native, float32 elsewhere."""
+    """``engine.dtype`` on ``device``: 'auto' is bfloat16 where it is faster, float32 elsewhere."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if native_bf16(device) else "float32"
+    return "bfloat16" if fast_bf16(device) else "float32"
 
 
 def training_precision(precision: str) -> str:
     """A training section's ``precision`` on the device its trainer uses (TRL: a GPU when there
-    is one): 'auto' is bf16 where native, fp32 elsewhere."""
+    is one): 'auto' is bf16 where it is faster, fp32 elsewhere."""
     if precision != "auto":
         return precision
     import torch
 
-    return "bf16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "fp32"
+    return "bf16" if fast_bf16("cuda" if torch.cuda.is_available() else "cpu") else "fp32"

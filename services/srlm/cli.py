@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return m.version_id
 
     base = args.base or base_of(args.versions[0])
-    suite = EvaluationSuite(config, store, ModelHost("eval", config, store), base_version=base)
+    suite = EvaluationSuite(config, store, ModelHost("evaluation", config, store), base_version=base)
     results = []
     for v in args.versions:
         parent = store.get(v).parent_id

@@ -150,7 +150,7 @@ def test_cpu_placements_accepted(engine, numa, bind):
     check_cpu_parallelism(engine_config(kind="vllm", **engine), numa, environ)
 
 
-def test_a_service_may_choose_its_own_engine():
+def test_a_service_may_choose_its_own_engine(tmp_path):
     from srlm.models.engines.hf import TransformersEngine
     from srlm.runtime.model_host import ModelHost
 
@@ -165,6 +165,14 @@ def test_a_service_may_choose_its_own_engine():
     # the trainer's engine judges M0's EFT answers before SFT
     trainer = parse_config({"engine": {"services": {"trainer": {"kind": "vllm"}}}}, environ={}).engine_for("trainer")
     assert trainer.kind == "vllm"
+    # the evaluation suite's engine (the eval gate, the report, srlm eval), and its cache key
+    from srlm.evaluation.suite import EvaluationSuite
+    from srlm.models.store import ModelStore
+
+    on_vllm = parse_config({"engine": {"services": {"evaluation": {"kind": "vllm"}}}}, environ={})
+    assert isinstance(ModelHost("evaluation", on_vllm)._get_engine(), VLLMEngine)
+    assert EvaluationSuite(on_vllm, ModelStore(tmp_path), None)._engine_kind == "vllm"
+    assert EvaluationSuite(config, ModelStore(tmp_path), None)._engine_kind == "transformers"
     env = {"SRLM_ENGINE__SERVICES__JUDGE__MAX_BATCH_SIZE": "4"}
     assert parse_config({}, environ=env).engine.for_service("judge").max_batch_size == 4
 

@@ -41,7 +41,7 @@ class Controller:
             promoter, trainer_launcher = self._kubernetes()
         self.promoter = promoter or HotReloadPromoter(config)
         self.driver = RunDriver(config, self.store, self.tracker, self.publisher, self.promoter,
-                                lambda: Judge(ModelHost("controller", config, self.store), config), trainer_launcher)
+                                lambda: Judge(ModelHost("evaluation", config, self.store), config), trainer_launcher)
         self.follower = TopicFollower("controller", config, FOLLOWED, self.tracker.apply)
         # Only the loop thread changes a run's state; readers get the snapshot it leaves.
         self.runs: dict[str, records_pb2.RunState] = {}

@@ -97,7 +97,7 @@ def evaluate_run(config, run_id: str, run_config=None, parts=None) -> list[Versi
     base = next((m.version_id for m in manifests if m.kind == "base"), None)
     if base is None:
         return []
-    host = ModelHost("report", cfg, store)
+    host = ModelHost("evaluation", cfg, store)
     try:
         suite = EvaluationSuite(cfg, store, host, base_version=base)
         return [suite.evaluate(m.version_id, baseline=m.parent_id if m.parent_id and store.exists(m.parent_id)

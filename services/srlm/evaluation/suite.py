@@ -142,6 +142,8 @@ class EvaluationSuite:
         self.cache = EvalCache(store)
         self.base_version = base_version
         self._pairwise: PairwiseJudge | None = None
+        # greedy answers differ in float detail between engines: each engine's are cached apart
+        self._engine_kind = config.engine.for_service("evaluation").kind
 
     # ------------------------------------------------------------------ data
 
@@ -176,7 +178,7 @@ class EvaluationSuite:
     def answers(self, version: str) -> dict[str, dict[str, Any]]:
         """Greedy answers of ``version`` to the held-out prompts: prompt id -> text, tokens."""
         prompts = self.prompts()
-        name = f"answers-{_key([p.prompt_id for p in prompts], self.cfg.max_tokens, self.config.engine.kind)}"
+        name = f"answers-{_key([p.prompt_id for p in prompts], self.cfg.max_tokens, self._engine_kind)}"
 
         def generate() -> dict[str, dict[str, Any]]:
             params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=self.cfg.max_tokens)
@@ -259,7 +261,7 @@ class EvaluationSuite:
     def classification(self, version: str) -> dict[str, dict[str, Any]]:
         """Per held-out sentence: the label the greedy answer names (None: none or several) and the truth."""
         examples, c = self.classification_set(), self.config.classification
-        name = f"classification-{_key([e.example_id for e in examples], c.max_tokens, self.config.engine.kind)}"
+        name = f"classification-{_key([e.example_id for e in examples], c.max_tokens, self._engine_kind)}"
 
         def answer() -> dict[str, dict[str, Any]]:
             params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=c.max_tokens)

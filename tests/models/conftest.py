@@ -1,7 +1,9 @@
-"""A second real model version, for reload tests: M0 with its final norm negated.
+"""A second real model version, for reload tests: M0 with its final norm and its (tied)
+embeddings negated.
 
-Negating ``model.norm.weight`` negates every logit, so greedy decoding of this version
-differs from M0's from the first token: a reload that did not switch weights shows.
+Negating ``model.norm.weight`` negates every logit, so greedy decoding of this version differs
+from M0's: a reload that did not switch weights shows. Negating the embeddings, which SmolLM2's
+LM head shares, makes a reload that kept the old head score the opposite of every logit.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ def m0_negated(m0: tuple[ModelStore, Manifest]) -> Manifest:
             if rel != "model.safetensors":
                 shutil.copyfile(src / rel, staged / rel)
         tensors = load_file(src / "model.safetensors")
-        tensors["model.norm.weight"] = -tensors["model.norm.weight"]
+        for name in ("model.norm.weight", "model.embed_tokens.weight"):
+            tensors[name] = -tensors[name]
         save_file(tensors, staged / "model.safetensors", metadata={"format": "pt"})
         return store.publish(staged, version_id=NEGATED, parent_id=base.version_id, run_id=None,
-                             iteration=0, kind="base", extra={"test": "final norm negated"})
+                             iteration=0, kind="base", extra={"test": "final norm and embeddings negated"})
 
 
 ADAPTERS = ("m0-lora-a", "m0-lora-b")

@@ -18,7 +18,7 @@ from srlm.models.engines import GenerationEngine, SamplingParams, create_engine
 from srlm.models.engines.base import truncate_at_stop
 from srlm.models.engines.hf import TransformersEngine
 from srlm.runtime.precision import cpu_has_fast_bf16
-from tests.models.conftest import ADAPTERS
+from tests.models.conftest import ADAPTERS, NEGATED
 
 pytestmark = pytest.mark.model
 
@@ -160,6 +160,16 @@ def test_reload_switches_versions(engine: GenerationEngine, m0, m0_negated):
     assert engine.version_id == "m0-negated"
     negated = greedy(engine)
     assert negated != before, "reload kept serving the old weights"
+    # every weight switched, the LM head tied to the embeddings too: the version prefers what a
+    # freshly started engine of it prefers (vLLM on a CPU packs the head's weights apart; a stale
+    # head scores the opposite of every logit). vLLM's choice probabilities come from its top-k
+    # log-probs, so only the preferred choice is compared.
+    conversations, prefixes = [CONVERSATIONS[0], CONVERSATIONS[1]], ["The capital of France is", "Red, green and"]
+    choices = (" Paris", " London", " blue", " yellow")
+    with started_engine(ENGINE_CONFIGS["transformers"], store.path(m0_negated.version_id), NEGATED) as fresh:
+        expected = fresh.choice_probabilities(conversations, prefixes, choices)
+    got = engine.choice_probabilities(conversations, prefixes, choices)
+    assert [row.index(max(row)) for row in got] == [row.index(max(row)) for row in expected], (got, expected)
     engine.load(store.path("m0"), "m0")
     assert engine.version_id == "m0"
     assert greedy(engine) == before

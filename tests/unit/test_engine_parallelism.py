@@ -169,10 +169,11 @@ def test_a_service_may_choose_its_own_engine(tmp_path):
     from srlm.evaluation.suite import EvaluationSuite
     from srlm.models.store import ModelStore
 
-    on_vllm = parse_config({"engine": {"services": {"evaluation": {"kind": "vllm"}}}}, environ={})
+    on_vllm = parse_config({"engine": {"dtype": "float32", "services": {"evaluation": {"kind": "vllm", "dtype": "bfloat16"}}}},
+                           environ={})
     assert isinstance(ModelHost("evaluation", on_vllm)._get_engine(), VLLMEngine)
-    assert EvaluationSuite(on_vllm, ModelStore(tmp_path), None)._engine_kind == "vllm"
-    assert EvaluationSuite(config, ModelStore(tmp_path), None)._engine_kind == "transformers"
+    assert EvaluationSuite(on_vllm, ModelStore(tmp_path), None)._engine_key == "vllm-bfloat16"
+    assert EvaluationSuite(config, ModelStore(tmp_path), None)._engine_key == "transformers-float32"
     env = {"SRLM_ENGINE__SERVICES__JUDGE__MAX_BATCH_SIZE": "4"}
     assert parse_config({}, environ=env).engine.for_service("judge").max_batch_size == 4
 

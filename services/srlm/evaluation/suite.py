@@ -39,6 +39,7 @@ from srlm.recipe import classification as C
 from srlm.recipe.evalsets import EvalPrompt, ifeval_results, read_alpacaeval_heldout, read_ifeval, select_heldout
 from srlm.recipe.rewards import read_label
 from srlm.recipe.seed import add_model_answers, load_seed_data
+from srlm.runtime.precision import engine_dtype, resolve_device
 from srlm.runtime.records import seed_for
 from srlm.v1 import records_pb2
 
@@ -142,8 +143,9 @@ class EvaluationSuite:
         self.cache = EvalCache(store)
         self.base_version = base_version
         self._pairwise: PairwiseJudge | None = None
-        # greedy answers differ in float detail between engines: each engine's are cached apart
-        self._engine_kind = config.engine.for_service("evaluation").kind
+        # greedy answers differ in float detail between engines and precisions: cached apart
+        engine = config.engine.for_service("evaluation")
+        self._engine_key = f"{engine.kind}-{engine_dtype(engine.dtype, resolve_device(engine.device))}"
 
     # ------------------------------------------------------------------ data
 
@@ -178,7 +180,7 @@ class EvaluationSuite:
     def answers(self, version: str) -> dict[str, dict[str, Any]]:
         """Greedy answers of ``version`` to the held-out prompts: prompt id -> text, tokens."""
         prompts = self.prompts()
-        name = f"answers-{_key([p.prompt_id for p in prompts], self.cfg.max_tokens, self._engine_kind)}"
+        name = f"answers-{_key([p.prompt_id for p in prompts], self.cfg.max_tokens, self._engine_key)}"
 
         def generate() -> dict[str, dict[str, Any]]:
             params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=self.cfg.max_tokens)
@@ -261,7 +263,7 @@ class EvaluationSuite:
     def classification(self, version: str) -> dict[str, dict[str, Any]]:
         """Per held-out sentence: the label the greedy answer names (None: none or several) and the truth."""
         examples, c = self.classification_set(), self.config.classification
-        name = f"classification-{_key([e.example_id for e in examples], c.max_tokens, self._engine_kind)}"
+        name = f"classification-{_key([e.example_id for e in examples], c.max_tokens, self._engine_key)}"
 
         def answer() -> dict[str, dict[str, Any]]:
             params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=c.max_tokens)

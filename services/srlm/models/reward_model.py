@@ -19,7 +19,7 @@ import torch
 
 from srlm.config import ConfigError, SRLMConfig
 from srlm.models.store import ModelStore, ModelStoreError
-from srlm.runtime.precision import engine_dtype
+from srlm.runtime.precision import engine_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,6 @@ def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> dic
             "margin": sum(c - r for c, r in zip(chosen, rejected)) / len(chosen)}
 
 
-def _resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 class RewardModelScorer:
     """A reward model loaded once (eval mode) that scores a prompt's responses in batches; one call
     at a time (the judge's gRPC and Kafka threads share it)."""
@@ -93,7 +89,7 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.version_id = version_id
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         dtype = engine_dtype(dtype, self.device)
         self.batch_size, self.max_length = batch_size, max_length
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -43,6 +43,15 @@ def fast_bf16(device: str) -> bool:
     return cpu_has_fast_bf16()
 
 
+def resolve_device(device: str) -> str:
+    """``engine.device``: 'auto' is the GPU where there is one."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def engine_dtype(dtype: str, device: str) -> str:
     """``engine.dtype`` on ``device``: 'auto' is bfloat16 where it is faster, float32 elsewhere."""
     if dtype != "auto":

@@ -30,7 +30,7 @@ from srlm.models.engines.base import (
     truncate_at_stop,
     validate_conversations,
 )
-from srlm.runtime.precision import engine_dtype
+from srlm.runtime.precision import engine_dtype, resolve_device
 
 if TYPE_CHECKING:
     from srlm.config import EngineConfig
@@ -203,18 +203,10 @@ def _common_prefix(rows: list[list[int]]) -> list[int]:
     return rows[0][:n]
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class TransformersEngine(GenerationEngine):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.dtype = engine_dtype(cfg.dtype, self.device)
         self.model = None
         self.tokenizer = None

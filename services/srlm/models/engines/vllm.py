@@ -46,6 +46,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def repack_tied_lm_head(worker) -> bool:
+    """Run in each vLLM worker after an in-place reload: pack a tied LM head's weights again.
+
+    On a CPU, vLLM packs every linear weight for its GEMM kernel once loaded. A reload repacks
+    each layer that received weights, but a head tied to the embeddings receives none (the
+    checkpoint has no ``lm_head``), so it kept scoring with the first version's packed
+    embeddings: a promoted SmolLM2 answered with its new body and M0's head (greedy answers of a
+    reloaded M1 matched a freshly started M1 on 2 of 8 prompts). Its weight tensor, shared with
+    the embeddings, already holds the new values."""
+    model = worker.model_runner.get_model()
+    if not getattr(getattr(model, "config", None), "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
+        return False
+    head = getattr(model.lm_head, "base_layer", model.lm_head)  # under LoRA's wrapper
+    head.quant_method.process_weights_after_loading(head)
+    return True
+
+
 def llm_kwargs(cfg: EngineConfig, model_dir: Path, lora: bool = False, on_cpu: bool = False) -> dict[str, Any]:
     """The keywords of vLLM's ``LLM(...)`` for ``cfg``: precision, context, memory, seed,
     parallelism (TP x PP devices) and, to serve adapter versions, LoRA."""
@@ -197,6 +214,8 @@ class VLLMEngine(GenerationEngine):
         (a promotion then takes the time to read the weights, not an engine start)."""
         start = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+        if self.on_cpu:
+            self.llm.collective_rpc(repack_tied_lm_head)
         self.llm.reset_prefix_cache()  # its cached blocks were computed by the old weights
         log.info("vLLM engine: weights of %s loaded in place in %.1fs", model_dir, time.perf_counter() - start)
 

@@ -150,6 +150,23 @@ def test_choice_probabilities(engine: GenerationEngine):
         engine.choice_probabilities([capital], ["x"], (" Paris is",))
 
 
+def test_verdict_probabilities_are_read_from_the_whole_distribution(engine: GenerationEngine, m0_dir):
+    """A pointwise verdict's digit probabilities after "Score: " are the model's next-token
+    distribution over the digits, as a transformers forward gives them: vLLM reads them from its
+    top-k log-probs, and k = the 6 digits lost digits outside the top 6 (verdicts up to 0.30 off)."""
+    from srlm.recipe.judge import build_judge_messages
+
+    answers = [("What is the capital of France?", "Paris."), ("Name three colours.", "Dogs are loyal animals."),
+               ("Write a haiku about rain.", "Grey clouds gather low\nsoft drops tap the window pane\nthe street shines again")]
+    conversations = [build_judge_messages(prompt, response) for prompt, response in answers]
+    digits = tuple(str(k) for k in range(6))
+    got = engine.choice_probabilities(conversations, ["Score: "] * len(answers), digits)
+    with started_engine(ENGINE_CONFIGS["transformers"], m0_dir) as reference:
+        want = reference.choice_probabilities(conversations, ["Score: "] * len(answers), digits)
+    for row, expected in zip(got, want):
+        assert row == pytest.approx(expected, abs=2e-3), (got, want)
+
+
 def test_reload_switches_versions(engine: GenerationEngine, m0, m0_negated):
     """Another version of the same model: vLLM loads its weights into the running engine (a
     promotion restarts nothing) and forgets the prefixes the old weights cached."""

@@ -24,7 +24,7 @@ test: install-test
 run: install
 	$(VENV)/bin/srlm run --up --config $(CONFIG)
 
-# the measured curve: configs/small.yaml (M0 -> M3, ~2 h 30 min on a 2-core AVX2 CPU in fp32), then its table
+# the measured curve: configs/small.yaml (M0 -> M3, 67 min of run time on a 2-core CPU in fp32), then its table
 curve: install
 	$(VENV)/bin/srlm run --up --config $(EVAL_CONFIG)
 

@@ -64,6 +64,4 @@ def training_precision(precision: str) -> str:
     is one): 'auto' is bf16 where it is faster, fp32 elsewhere."""
     if precision != "auto":
         return precision
-    import torch
-
-    return "bf16" if fast_bf16("cuda" if torch.cuda.is_available() else "cpu") else "fp32"
+    return "bf16" if fast_bf16(resolve_device("auto")) else "fp32"

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from srlm.config import SRLMConfig
-from srlm.controller.gate import evaluate as gate_evaluate
+from srlm.controller.gate import evaluate as gate_evaluate, run_gate, stored_result
 from srlm.evaluation import report
 from srlm.evaluation.pairwise import ModelPairwiseJudge, preferences
-from srlm.evaluation.suite import PARTS, EvaluationSuite
+from srlm.evaluation.suite import INJECTIONS, PARTS, EvaluationSuite
 from srlm.judge.stage import Judge
 from srlm.recipe.judge import build_judge_messages
 from srlm.recipe.seed import load_seed_data
@@ -130,6 +130,16 @@ def test_gate_rejects_a_one_word_model(suite):
     assert result.metrics["vs_baseline.ifeval.prompt_strict_diff"] < 0 or result.metrics["win_rate.vs_baseline"] < 0.5
 
 
+def test_a_gate_job_leaves_its_decision_for_the_controller(suite, m0):
+    """`srlm train gate` (the gate as a Kubernetes Job) decides on its own engine and stores the
+    decision beside the candidate, where the controller reads it."""
+    store, manifest = m0
+    assert stored_result(store, "eval-one-word", "m0") is None
+    result = run_gate(suite.config, store, "eval-one-word", "m0", base=manifest.version_id)
+    assert stored_result(store, "eval-one-word", "m0") == result
+    assert not result.promote and result == gate_evaluate(suite, "eval-one-word", "m0", suite.config.eval_gate)
+
+
 def test_pointwise_fixed_judge_is_order_free(suite):
     """The pointwise judge scores each response alone (expected verdict of the paper's prompt):
     swapping the pair mirrors the preference, identical answers tie, scores lie on the scale."""
@@ -223,3 +233,24 @@ def test_judge_scores_a_batch_of_sets_as_it_scores_each_alone(suite):
         assert together.stats.total == alone.stats.total == 5 * config.judge.num_judgments
     finally:
         host.close()  # its fp32 copy of the model, beside the module's bf16 host
+
+
+def test_robustness_is_paired_on_an_engine_without_seeds(suite, m0):
+    """vLLM on a CPU takes no per-request seed, so two sampled judgments of the same judge prompt
+    differ: the robustness part judges greedily, and a response with an injected verdict or a
+    plea (removed before the judge reads it) scores exactly what the plain one scores."""
+    store, manifest = m0
+    engine = {"services": {"evaluation": {"kind": "vllm", "cpu_kv_cache_gib": 1}}}
+    config = SRLMConfig.model_validate({**SMALL, "model_store": {"root": str(store.root)}, "engine": engine})
+    host = ModelHost("evaluation", config, store)
+    try:
+        on_vllm = EvaluationSuite(config, store, host, base_version=manifest.version_id)
+        rows = on_vllm.robustness("m0")
+        assert len(rows) == config.evaluation.robustness_responses
+        for row in rows:
+            assert row["original"] is not None
+            assert [row[variant] for variant in INJECTIONS] == [row["original"]] * len(INJECTIONS), row
+        ev = on_vllm.evaluate("m0", parts=("robustness",))
+        assert {ev.metrics[f"robustness.{v}_lift"]["value"] for v in INJECTIONS} == {0.0}
+    finally:
+        host.close()

@@ -9,7 +9,8 @@ the EFT eval split; never seed or training prompts):
   length-controlled;
 - ``judge``: the version as the paper's self-judge on a held-out preference set (Table 4):
   free-text parse rate, pairwise accuracy, Spearman and Kendall against the ground truth;
-- ``robustness``: how much an injected "Score: 5" or a plea to the judge raises a score;
+- ``robustness``: how much an injected "Score: 5" or a plea to the judge raises a score (greedy
+  judgments, so only the text differs);
 - ``length``: mean response length; the judge's score distribution.
 
 Every figure is an :class:`Estimate` with a bootstrap interval over prompts; against a
@@ -143,7 +144,7 @@ class EvaluationSuite:
         self.cache = EvalCache(store)
         self.base_version = base_version
         self._pairwise: PairwiseJudge | None = None
-        # greedy answers differ in float detail between engines and precisions: cached apart
+        # greedy answers and judgments differ in float detail between engines and precisions: cached apart
         engine = config.engine.for_service("evaluation")
         self._engine_key = f"{engine.kind}-{engine_dtype(engine.dtype, resolve_device(engine.device))}"
 
@@ -330,7 +331,8 @@ class EvaluationSuite:
     def judge_quality(self, version: str) -> list[dict[str, Any]]:
         """The version as the self-judge (the paper's prompt and settings) on the held-out judge set."""
         j = self.config.judge
-        key = _key(_key(self.preference_set()), j.model_dump(mode="json"), self.cfg.judge_samples, self.cfg.seed)
+        key = _key(_key(self.preference_set()), j.model_dump(mode="json"), self.cfg.judge_samples, self.cfg.seed,
+                   self._engine_key)
 
         def judge_all() -> list[dict[str, Any]]:
             judge, rows = self._judge(), []
@@ -345,18 +347,19 @@ class EvaluationSuite:
 
     def robustness(self, version: str) -> list[dict[str, Any]]:
         """Scores of the judge set's worse responses as they are and with each injection, each
-        judged alone with the same seed (so only the text differs)."""
-        key = _key(_key(self.preference_set()), self.config.judge.model_dump(mode="json"), self.cfg.judge_samples,
-                   self.cfg.robustness_responses, self.cfg.seed, INJECTIONS)
+        judged alone and greedily, so that only the text differs: sampled judgments of the same
+        prompt differ on an engine without per-request seeds (vLLM on a CPU)."""
+        key = _key(_key(self.preference_set()), self.config.judge.model_dump(mode="json"), "greedy",
+                   self.cfg.robustness_responses, INJECTIONS, self._engine_key)
 
         def inject_all() -> list[dict[str, Any]]:
             judge, rows = self._judge(), []
+            greedy = judge.params(records_pb2.SamplingParams(n=1, temperature=0.0), seed=0)
             for item in self.preference_set()[: self.cfg.robustness_responses]:
-                seed = seed_for("eval-robust", self.cfg.seed, item["id"])
                 row = {"id": item["id"]}
                 for variant, template in {"original": "{response}", **INJECTIONS}.items():
-                    [jc] = self._score(judge, version, item["prompt"], [template.replace("{response}", item["worse"])],
-                                       seed)
+                    _, [jc] = judge.score(item["prompt"], [template.replace("{response}", item["worse"])], greedy,
+                                          version_id=version)
                     row[variant] = jc.mean_score if jc.num_parsed else None
                 rows.append(row)
             return rows

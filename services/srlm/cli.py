@@ -163,6 +163,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.kind == "gate":
+        from srlm.controller.gate import gate_from_command_line
+
+        return gate_from_command_line(_config(args), args)
     from srlm.trainer.service import train_from_command_line
 
     return train_from_command_line(_config(args), args)
@@ -249,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="the pair id, or the group's (candidate set's) id")
     p.set_defaults(func=cmd_inspect)
 
-    p = with_config(sub.add_parser("train", help="one training round (what a Kubernetes Job runs)"))
-    p.add_argument("kind", choices=["sft", "dpo", "grpo", "ppo"])
+    p = with_config(sub.add_parser("train", help="one training round or eval gate (what a Kubernetes Job runs)"))
+    p.add_argument("kind", choices=["sft", "dpo", "grpo", "ppo", "gate"])
     p.add_argument("--run-id", required=True)
     p.add_argument("--iteration", type=int, required=True)
     p.add_argument("--base-version", required=True)

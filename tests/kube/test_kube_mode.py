@@ -340,6 +340,15 @@ def test_controller_hooks_run_a_round_and_a_promotion(orchestrator, admin, rollo
     (container,) = batch.read_namespaced_job("t-srlm-dpo-run-hooks-0", NAMESPACE).spec.template.spec.containers
     assert container.args[:4] == ["train", "sft", "--run-id", "run-hooks"]
     finish_job(admin, "t-srlm-dpo-run-hooks-0", succeeded=True)
+    # the eval gate is a Job too, `srlm train gate`, beside its iteration's training Job
+    gate = records_pb2.IterationCommand(kind=records_pb2.COMMAND_KIND_EVAL_GATE, base_version="m3",
+                                        output_version="m4-1")
+    gate.meta.run_id, gate.meta.iteration = "run-hooks", 1
+    launcher(gate)
+    (container,) = batch.read_namespaced_job("t-srlm-dpo-gate-run-hooks-1", NAMESPACE).spec.template.spec.containers
+    assert container.args == ["train", "gate", "--run-id", "run-hooks", "--iteration", "1",
+                              "--base-version", "m3", "--out-version", "m4-1"]
+    finish_job(admin, "t-srlm-dpo-gate-run-hooks-1", succeeded=True)
     with pytest.raises(KubeError, match="only training rounds"):
         launcher(records_pb2.IterationCommand(kind=records_pb2.COMMAND_KIND_GENERATE_PROMPTS))
     assert KubePromoter(orchestrator).promote("m4") >= 0

@@ -15,7 +15,7 @@ import logging
 from typing import Callable, Protocol
 
 from srlm.config import SRLMConfig
-from srlm.controller.gate import GateResult, evaluate
+from srlm.controller.gate import GateResult, evaluate, stored_result
 from srlm.controller.tracker import Tracker
 from srlm.evaluation.suite import EvaluationSuite
 from srlm.judge.stage import Judge
@@ -214,6 +214,8 @@ class RunDriver:
         elif state.stage == S.STAGE_TRAINING:
             if self._examples(state, cfg):
                 self.trainer_launcher(self._training_command(state, cfg))
+        elif state.stage == S.STAGE_EVAL and self._gate_in_a_job(cfg):
+            self.trainer_launcher(self._gate_command(state))
         elif state.stage in (S.STAGE_CANDIDATES, S.STAGE_JUDGMENTS):
             it = self._current(state)
             if it.step_versions and it.step_versions[-1] != it.sampling_version:  # a step round in flight
@@ -336,11 +338,27 @@ class RunDriver:
         self.run_log.lineage(state.run_id, self.store)
         state.stage = it.stage = S.STAGE_EVAL
         self.save(state, f"{it.output_version} published")
+        if self._gate_in_a_job(cfg):
+            self.trainer_launcher(self._gate_command(state))
         return True
+
+    def _gate_in_a_job(self, cfg: SRLMConfig) -> bool:
+        """On Kubernetes the gate's engine does not fit the controller's pod (a 70B model on a CPU):
+        it runs as a Job of its own (``srlm train gate``), which leaves its decision in the store."""
+        return cfg.eval_gate.enabled and self.config.services.mode == "kubernetes"
+
+    def _gate_command(self, state) -> records_pb2.IterationCommand:
+        it = self._current(state)
+        return self._command(state, S.COMMAND_KIND_EVAL_GATE, "gate", base_version=it.input_version,
+                             output_version=it.output_version)
 
     def _eval(self, state, cfg: SRLMConfig) -> bool:
         it = self._current(state)
-        if cfg.eval_gate.enabled:
+        if self._gate_in_a_job(cfg):
+            result = stored_result(self.store, it.output_version, it.input_version)
+            if result is None:
+                return False  # the gate's Job is still at work
+        elif cfg.eval_gate.enabled:
             suite = EvaluationSuite(cfg, self.store, self.judge().host, base_version=version_id(state.run_id, 0))
             result = evaluate(suite, it.output_version, it.input_version, cfg.eval_gate)
         else:

@@ -7,15 +7,22 @@ classification run also the task's held-out accuracy. The candidate is rejected 
 significantly worse (p < ``alpha``) on any of them, or when its responses grow longer than
 ``max_length_growth``; otherwise it is "not worse" and promoted.
 The reason, every figure and its interval are recorded with the decision.
+
+On Kubernetes the gate runs as a Job of its own (``srlm train gate``, :func:`gate_from_command_line`)
+with the evaluation engine's GPUs, and leaves its decision in the store beside the candidate,
+where the controller reads it (:func:`stored_result`).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 
-from srlm.config import EvalGateConfig
-from srlm.evaluation.suite import EvaluationSuite, VersionEvaluation, gate_parts
+from srlm.config import EvalGateConfig, SRLMConfig
+from srlm.evaluation.suite import EvalCache, EvaluationSuite, VersionEvaluation, gate_parts
+from srlm.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +87,50 @@ def evaluate(suite: EvaluationSuite, candidate: str, serving: str, cfg: EvalGate
     promote, reason = decide(ev, cfg)
     log.info("gate %s vs %s: %s", candidate, serving, reason)
     return GateResult(promote, reason, {**ev.flat(), "eval_prompts": float(prompts)})
+
+
+def store_result(store: ModelStore, candidate: str, serving: str, result: GateResult) -> None:
+    """Keep the decision on ``candidate`` against ``serving`` beside the candidate's evaluations."""
+    EvalCache(store).put(candidate, f"gate-{serving}", asdict(result))
+
+
+def stored_result(store: ModelStore, candidate: str, serving: str) -> GateResult | None:
+    """The decision a gate Job left for ``candidate`` against ``serving``; None while there is none."""
+    data = EvalCache(store).get(candidate, f"gate-{serving}")
+    return None if data is None else GateResult(**data)
+
+
+def run_gate(config: SRLMConfig, store: ModelStore, candidate: str, serving: str, base: str) -> GateResult:
+    """The gate on this process's evaluation engine (``base``: the run's M0, the fixed judge's
+    default), its decision stored for the controller."""
+    from srlm.runtime.model_host import ModelHost
+
+    host = ModelHost("evaluation", config, store)
+    try:
+        result = evaluate(EvaluationSuite(config, store, host, base_version=base), candidate, serving,
+                          config.eval_gate)
+    finally:
+        host.close()
+    store_result(store, candidate, serving, result)
+    return result
+
+
+def gate_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
+    """``srlm train gate --run-id R --iteration I --base-version SERVING --out-version CANDIDATE``:
+    the gate as a Kubernetes Job runs it, with the run's config from the controller's command on
+    srlm.commands. Node 0 of the round's pods gates; the others have nothing to do."""
+    from srlm.controller.driver import version_id
+    from srlm.runtime.pipeline import read_topic
+    from srlm.runtime.runconfig import from_yaml
+
+    if int(os.environ.get("PET_NODE_RANK") or 0) > 0:
+        return 0
+    command_id = f"{args.run_id}.i{args.iteration}.gate"
+    run_config = config
+    for c in read_topic(config, "commands"):
+        if c.meta.id == command_id:
+            run_config = from_yaml(c.config_yaml, config)
+    result = run_gate(run_config, ModelStore(config.model_store.root), args.out_version, args.base_version,
+                      base=version_id(args.run_id, 0))
+    print(result.reason)
+    return 0

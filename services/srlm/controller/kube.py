@@ -129,7 +129,7 @@ def label_value(value: str) -> str:
     return _LABEL_VALUE.sub("_", value)[:63].strip("_.-")
 
 
-ROUND_KINDS = ("sft", "dpo", "grpo", "ppo")
+ROUND_KINDS = ("sft", "dpo", "grpo", "ppo", "gate")  # gate: `srlm train gate`, the eval gate
 
 
 def _round_args(kind: str, run_id: str, iteration: int, base_version: str, out_version: str) -> list[str]:
@@ -490,7 +490,9 @@ class KubeOrchestrator:
             raise KubeError(f"the DPO template in configmap {self.cfg.job_template_configmap} is a "
                             f"{template.get('kind')}, but kubernetes.training_launcher is {self.launcher!r} "
                             "(the chart sets both from trainingJob.launcher)")
-        name = job_name(template["metadata"]["name"], run_id, iteration, name_limit(template))
+        # the gate's Job follows its iteration's training Job: a name of its own
+        base = template["metadata"]["name"] + ("-gate" if kind == "gate" else "")
+        name = job_name(base, run_id, iteration, name_limit(template))
         owner = None
         if self.cfg.controller_deployment:
             owner = self._deployment(self.cfg.controller_deployment)
@@ -652,14 +654,16 @@ class KubePromoter:
 
 
 JOB_KINDS = {records_pb2.COMMAND_KIND_TRAIN_SFT: "sft", records_pb2.COMMAND_KIND_TRAIN_DPO: "dpo",
-             records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo", records_pb2.COMMAND_KIND_TRAIN_PPO: "ppo"}
+             records_pb2.COMMAND_KIND_TRAIN_GRPO: "grpo", records_pb2.COMMAND_KIND_TRAIN_PPO: "ppo",
+             records_pb2.COMMAND_KIND_EVAL_GATE: "gate"}
 
 
 class KubeTrainerLauncher:
-    """The controller's trainer launcher on Kubernetes: a TRAIN_SFT or TRAIN_DPO command becomes
-    the round's Job and returns at once (the Job publishes the new version on srlm.models, which
-    the controller follows); a watcher thread deletes the Job after success, or reports the
-    failure to ``on_failure``. Other commands go to ``fallback``."""
+    """The controller's trainer launcher on Kubernetes: a training round's command (TRAIN_SFT,
+    TRAIN_DPO, ...) or an EVAL_GATE becomes its Job and returns at once (the Job publishes the new
+    version on srlm.models, or leaves the gate's decision in the store, which the controller
+    follows); a watcher thread deletes the Job after success, or reports the failure to
+    ``on_failure``. Other commands go to ``fallback``."""
 
     def __init__(self, orchestrator: KubeOrchestrator,
                  fallback: Callable[[records_pb2.IterationCommand], None] | None = None,
@@ -670,7 +674,8 @@ class KubeTrainerLauncher:
         kind = JOB_KINDS.get(cmd.kind)
         if kind is None:
             if self.fallback is None:
-                raise KubeError(f"only training rounds run as Jobs; no fallback for command kind {cmd.kind}")
+                raise KubeError(f"only training rounds and eval gates run as Jobs; no fallback for command kind "
+                                f"{cmd.kind}")
             self.fallback(cmd)
             return
         name = self.orchestrator.create_training_job(cmd.meta.run_id, cmd.meta.iteration,
@@ -682,7 +687,8 @@ class KubeTrainerLauncher:
             self.orchestrator.wait_job(name)
             self.orchestrator.delete_job(name)
         except Exception as err:  # noqa: BLE001 - reported, the Job is kept for its logs
-            log.error("training round %s of run %s: %s", cmd.meta.iteration, cmd.meta.run_id, err)
+            log.error("%s Job of iteration %s of run %s: %s", JOB_KINDS[cmd.kind], cmd.meta.iteration, cmd.meta.run_id,
+                      err)
             if self.on_failure is not None:
                 self.on_failure(cmd, err)
 

@@ -52,17 +52,17 @@ class Controller:
         self._thread = threading.Thread(target=self._loop, name="controller-loop", daemon=True)
 
     def _kubernetes(self):
-        """Promotion rolls the inference Deployments out; each training round (SFT, DPO) is a
-        Job. Every command still goes to srlm.commands: the Job reads its own command (run
-        config, pair ids) from there."""
-        from srlm.controller.kube import kube_promoter_and_launcher
+        """Promotion rolls the inference Deployments out; each training round (SFT, DPO) and each
+        eval gate is a Job. Every command still goes to srlm.commands: the Job reads its own
+        command (run config, pair ids) from there."""
+        from srlm.controller.kube import JOB_KINDS, kube_promoter_and_launcher
 
         def send(cmd: records_pb2.IterationCommand) -> None:
             self.publisher.send("commands", cmd.meta.run_id, cmd)
             self.publisher.flush()
 
         def failed(cmd: records_pb2.IterationCommand, err: Exception) -> None:
-            self.fail(cmd.meta.run_id, f"training Job of iteration {cmd.meta.iteration} failed: {err}")
+            self.fail(cmd.meta.run_id, f"{JOB_KINDS[cmd.kind]} Job of iteration {cmd.meta.iteration} failed: {err}")
 
         promoter, jobs = kube_promoter_and_launcher(self.config, fallback=lambda cmd: None, on_failure=failed)
 

@@ -65,6 +65,7 @@ class CommandKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMMAND_KIND_TRAIN_DPO: _ClassVar[CommandKind]
     COMMAND_KIND_TRAIN_GRPO: _ClassVar[CommandKind]
     COMMAND_KIND_TRAIN_PPO: _ClassVar[CommandKind]
+    COMMAND_KIND_EVAL_GATE: _ClassVar[CommandKind]
 PROMPT_SOURCE_UNSPECIFIED: PromptSource
 PROMPT_SOURCE_SEED: PromptSource
 PROMPT_SOURCE_GENERATED: PromptSource
@@ -103,6 +104,7 @@ COMMAND_KIND_TRAIN_SFT: CommandKind
 COMMAND_KIND_TRAIN_DPO: CommandKind
 COMMAND_KIND_TRAIN_GRPO: CommandKind
 COMMAND_KIND_TRAIN_PPO: CommandKind
+COMMAND_KIND_EVAL_GATE: CommandKind
 
 class RecordMeta(_message.Message):
     __slots__ = ("run_id", "iteration", "model_version", "id", "created_at", "trace_id", "work")

@@ -574,7 +574,21 @@ def test_trainjob_launcher(helm_bin):
     (["--set", "trainingJob.trainJob.runtimes=x"], "'runtimes' not allowed"),
     (["--set", "trainingJob.resources.limits.nvidia\\.com/gpu=2"],
      "trainingJob.resources.limits: set the GPUs of a round with trainingJob.gpusPerNode"),
+    # the eval gate's Job runs the evaluation engine on one training node
+    (["--set", "config.engine.tensor_parallel_size=4", "--set", "trainingJob.gpusPerNode=2"],
+     "trainingJob.gpusPerNode (2) is fewer than the 4 GPUs of config.engine"),
 ])
 def test_bad_training_values_are_rejected(helm_bin, settings, message):
     proc = helm(helm_bin, "template", "t", str(CHART), *settings)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("settings", [
+    ["--set", "config.engine.tensor_parallel_size=4", "--set", "trainingJob.gpusPerNode=4"],
+    ["--set", "config.engine.tensor_parallel_size=4", "--set", "trainingJob.gpusPerNode=2",
+     "--set", "config.eval_gate.enabled=false"],
+    ["--set", "config.engine.tensor_parallel_size=4", "--set", "trainingJob.gpusPerNode=0"],  # CPU rounds
+])
+def test_an_eval_gate_that_fits_its_job_renders(helm_bin, settings):
+    proc = helm(helm_bin, "template", "t", str(CHART), *settings)
+    assert proc.returncode == 0, proc.stderr

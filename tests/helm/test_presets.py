@@ -162,7 +162,9 @@ def test_8b_preset_scales_inference_by_replicas(presets):
 def test_inference_gpus_are_tp_times_pp(helm_bin, engine, want):
     import json
 
-    objs = render(helm_bin, "--set-json", f"config={json.dumps({'engine': engine})}")
+    # the training node holds the eval gate's engine too
+    objs = render(helm_bin, "--set-json", f"config={json.dumps({'engine': engine})}",
+                  "--set", f"trainingJob.gpusPerNode={want}")
     specs = pod_specs(objs)
     for component in INFERENCE:
         assert gpus(specs[component]) == (want, want), component
@@ -173,7 +175,7 @@ def test_inference_gpus_are_tp_times_pp(helm_bin, engine, want):
 
 
 def test_cpu_inference_pods_request_no_gpus(helm_bin):
-    objs = render(helm_bin, "--set", "sampler.imageVariant=cpu", "--set-json",
+    objs = render(helm_bin, "--set", "sampler.imageVariant=cpu", "--set", "trainingJob.gpusPerNode=2", "--set-json",
                   'config={"engine": {"kind": "vllm", "tensor_parallel_size": 2}}')
     specs = pod_specs(objs)
     assert gpus(specs["sampler"]) == (None, None) and shm_limit(specs["sampler"]) == "8Gi"
@@ -182,12 +184,13 @@ def test_cpu_inference_pods_request_no_gpus(helm_bin):
 
 def test_an_explicit_gpu_count_must_agree_with_the_engine(helm_bin):
     engine = 'config={"engine": {"kind": "vllm", "tensor_parallel_size": 2}}'
-    proc = helm(helm_bin, "template", "t", str(CHART), "--set-json", engine,
+    proc = helm(helm_bin, "template", "t", str(CHART), "--set-json", engine, "--set", "trainingJob.gpusPerNode=2",
                 "--set", "judge.resources.limits.nvidia\\.com/gpu=1")
     assert proc.returncode != 0
     assert "judge.resources.limits.nvidia.com/gpu is 1, but config.engine gives 2 GPUs per pod" in proc.stderr, \
         proc.stderr
-    objs = render(helm_bin, "--set-json", engine, "--set", "judge.resources.limits.nvidia\\.com/gpu=2")
+    objs = render(helm_bin, "--set-json", engine, "--set", "trainingJob.gpusPerNode=2",
+                  "--set", "judge.resources.limits.nvidia\\.com/gpu=2")
     assert gpus(pod_specs(objs)["judge"]) == (2, 2)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 
 from srlm.config import EvalGateConfig, SRLMConfig
@@ -120,16 +119,14 @@ def gate_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
     the gate as a Kubernetes Job runs it, with the run's config from the controller's command on
     srlm.commands. Node 0 of the round's pods gates; the others have nothing to do."""
     from srlm.controller.driver import version_id
-    from srlm.runtime.pipeline import read_topic
     from srlm.runtime.runconfig import from_yaml
+    from srlm.trainer.distributed import topology
+    from srlm.trainer.service import job_command
 
-    if int(os.environ.get("PET_NODE_RANK") or 0) > 0:
+    if topology(config.distributed).node_rank > 0:
         return 0
-    command_id = f"{args.run_id}.i{args.iteration}.gate"
-    run_config = config
-    for c in read_topic(config, "commands"):
-        if c.meta.id == command_id:
-            run_config = from_yaml(c.config_yaml, config)
+    cmd = job_command(config, f"{args.run_id}.i{args.iteration}.gate")
+    run_config = from_yaml(cmd.config_yaml, config) if cmd else config
     result = run_gate(run_config, ModelStore(config.model_store.root), args.out_version, args.base_version,
                       base=version_id(args.run_id, 0))
     print(result.reason)

@@ -265,6 +265,17 @@ def start(config: SRLMConfig, grpc_port: int | None = None, metrics_port: int | 
     return worker.attach(handle, None, None)
 
 
+def job_command(config: SRLMConfig, command_id: str) -> records_pb2.IterationCommand | None:
+    """The controller's command ``command_id`` on srlm.commands (the last one sent), or None: where a
+    Kubernetes Job (a training round, an eval gate) reads its run's config and a round's pair or
+    group ids."""
+    found = None
+    for c in read_topic(config, "commands"):
+        if c.meta.id == command_id:
+            found = c
+    return found
+
+
 def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int:
     """``srlm train sft|dpo|grpo|ppo ...``: one round as a Kubernetes Job runs it, then announce the version
     (on node 0 of a multi-node round)."""
@@ -274,10 +285,7 @@ def train_from_command_line(config: SRLMConfig, args: argparse.Namespace) -> int
     cmd = records_pb2.IterationCommand(meta=meta(args.run_id, args.iteration, args.base_version,
                                                  f"{args.run_id}.i{args.iteration}.{args.kind}"),
                                        kind=kind, base_version=args.base_version, output_version=args.out_version)
-    # The run's config (and a round's pair or group ids) come from the controller's command on srlm.commands.
-    for c in read_topic(config, "commands"):
-        if c.meta.id == cmd.meta.id:
-            cmd = c
+    cmd = job_command(config, cmd.meta.id) or cmd
     store = ModelStore(config.model_store.root)
     record = train(cmd, config, store)
     if record is None:  # a node other than 0 of a multi-node round: node 0 announces the version

@@ -292,7 +292,8 @@ class JudgeConfig(Section):
 
 
 class PairsConfig(Section):
-    """Preference pairs: chosen = highest mean score, rejected = lowest; ties dropped."""
+    """Preference pairs: chosen = highest reward, rejected = lowest; ties dropped. The reward is
+    ``rewards.weights``' mix: the self-judge's mean score under the paper's weights."""
 
     min_scored_candidates: int = Field(2, ge=2)
     tie_epsilon: float = Field(0.0, ge=0, description="best - worst <= epsilon counts as a tie")

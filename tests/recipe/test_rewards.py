@@ -8,7 +8,7 @@ import pytest
 
 from srlm.config import parse_config
 from srlm.controller.tracker import IterationView
-from srlm.judge.stage import add_rewards
+from srlm.judge.stage import Judge, add_rewards, judge_candidate_sets
 from srlm.recipe.rewards import (LabelRewards, RewardMix, Verification, group_advantages, ifeval_reward,
                                  label_reward, read_label, verifier_reward)
 from srlm.v1 import records_pb2
@@ -101,6 +101,24 @@ def test_judge_service_records_each_source_and_the_weighted_reward():
     plain = judged(3.0, None)
     add_rewards(candidate_set(None, ["a", "b"]), plain, RewardMix(config.rewards.weights), config.rewards)
     assert [jc.reward if jc.HasField("reward") else None for jc in plain] == [1.5, None]
+
+
+def test_dpo_pairs_are_chosen_by_the_reward_mix():
+    """A verifier in the mix chooses the pair as it rewards GRPO's groups: no judge generation
+    with the judge's weight 0 (no engine is needed), the better verified answer chosen."""
+    config = parse_config({"rewards": {"weights": {"self_judge": 0.0, "verifier": 1.0}}}, environ={})
+    spec = records_pb2.Verification(instruction_ids=["punctuation:no_comma", "change_case:english_lowercase"],
+                                    instruction_kwargs_json=["{}", "{}"])
+    texts = ["Has Capitals, And Commas", "all lowercase and no commas", "all lowercase, with a comma"]
+    cs = candidate_set(spec, texts)
+    cs.meta.id, cs.meta.run_id, cs.meta.iteration, cs.prompt_id = "cs-1", "run-x", 1, "p-1"
+    [outcome] = judge_candidate_sets([cs], Judge(None, config))
+    assert [jc.reward for jc in outcome.judgments.candidates] == [0.0, 1.0, 0.5]
+    assert (outcome.pair.chosen, outcome.pair.rejected) == (texts[1], texts[0])
+    assert (outcome.pair.chosen_score, outcome.pair.rejected_score) == (1.0, 0.0)
+    # every answer follows the same share: a tie, no pair
+    [tie] = judge_candidate_sets([candidate_set(spec, ["a, b", "c, d"])], Judge(None, config))
+    assert tie.pair is None and tie.judgments.decision == records_pb2.PAIR_DECISION_DROPPED_TIE
 
 
 def test_rewarded_groups_are_the_judgment_sets_whose_rewards_differ():

@@ -235,7 +235,9 @@ def _outcome(cs: records_pb2.CandidateSet, version: str, judged: list[records_pb
         jc.candidate_id = cand.candidate_id
         jc.num_tokens = cand.num_tokens
         out.candidates.append(jc)
-        scored.append(ScoredCandidate(cand.index, jc.mean_score if jc.num_parsed else None, cand.num_tokens,
+        # the pair is chosen by the reward mix, as the online objectives train on it: with the
+        # paper's weights the self-judge's mean score, with a verifier or a reward model theirs too
+        scored.append(ScoredCandidate(cand.index, jc.reward if jc.HasField("reward") else None, cand.num_tokens,
                                       has_score_statement=jc.score_statement))
     outcome = build_pair(scored, judge.config.pairs)
     out.decision = DECISIONS[outcome.decision]
@@ -247,8 +249,8 @@ def _outcome(cs: records_pb2.CandidateSet, version: str, judged: list[records_pb
     out.pair_id = ids.pair_id(cs.meta.run_id, cs.meta.iteration, cs.prompt_id)
     pair = records_pb2.PreferencePair(
         meta=child_meta(cs.meta, out.pair_id, version), prompt_id=cs.prompt_id, prompt=cs.prompt,
-        chosen=chosen.text, rejected=rejected.text, chosen_score=chosen_j.mean_score,
-        rejected_score=rejected_j.mean_score, chosen_candidate_id=chosen.candidate_id,
+        chosen=chosen.text, rejected=rejected.text, chosen_score=chosen_j.reward,
+        rejected_score=rejected_j.reward, chosen_candidate_id=chosen.candidate_id,
         rejected_candidate_id=rejected.candidate_id,
     )
     return JudgeOutcome(out, pair)

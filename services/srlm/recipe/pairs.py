@@ -2,7 +2,9 @@
 
 chosen = the candidate with the highest mean score, rejected = the one with the lowest;
 a prompt whose best and worst scores tie (within ``tie_epsilon``) gives no pair, and so
-does one with fewer than ``min_scored_candidates`` candidates whose score parsed.
+does one with fewer than ``min_scored_candidates`` candidates whose score parsed. The score
+is the candidate's reward (:mod:`srlm.recipe.rewards`): the self-judge's mean score under the
+paper's weights, with a verifier or a reward model in the mix their weighted sum.
 
 Ties between candidates are broken deterministically: chosen = higher score, then shorter,
 then lower index; rejected = lower score, then longer, then lower index. Candidates whose

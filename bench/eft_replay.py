@@ -106,7 +106,7 @@ def main() -> None:
     budgets = args.judge_max_tokens.split(",") if args.judge_max_tokens else [str(config.judge.max_tokens)]
     for budget in budgets:
         cfg = config.model_copy(update={"judge": config.judge.model_copy(update={"max_tokens": int(budget)})})
-        host = ModelHost("bench", cfg, scratch)
+        host = ModelHost("evaluation", cfg, scratch)
         suite = EvaluationSuite(cfg, scratch, host, base_version=base)
         for version in [v for v in (base, recorded, name) if v]:
             ev: VersionEvaluation = suite.evaluate(version, baseline=None if version == base else base,

@@ -34,7 +34,7 @@ def main() -> None:
     config = load_config(args.config)
     store = ModelStore(config.model_store.root)
     base = args.base or args.candidate.rsplit(".", 1)[0] + ".m0"
-    host = ModelHost("bench", config, store)
+    host = ModelHost("evaluation", config, store)
     decisions = []
     print("| seed | decision | IFEval strict (cand) | diff, p | win rate vs serving | p | seconds |")
     print("|---|---|---|---|---|---|---|")

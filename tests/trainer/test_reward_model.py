@@ -101,7 +101,7 @@ def weights_changed_head(store) -> bool:
     return weights_changed(store, "m0", OUT)
 
 
-def test_the_judge_records_the_reward_model_score_of_each_candidate(reward_model):
+def test_the_judge_records_the_reward_model_score_and_pairs_by_the_mix(reward_model):
     store, _ = reward_model
     cfg = judge_config(store, weights={"self_judge": 0.0, "verifier": 1.0, "reward_model": 2.0},
                        reward_model_version=OUT)
@@ -119,8 +119,11 @@ def test_the_judge_records_the_reward_model_score_of_each_candidate(reward_model
     got = [{r.source: r.value for r in jc.rewards} for jc in outcome.judgments.candidates]
     verifier = [-3.0, -3.0, -3.0, 1.0]
     assert got == [{"reward_model": pytest.approx(e, abs=1e-5), "verifier": v} for e, v in zip(expected, verifier)]
-    assert [jc.reward for jc in outcome.judgments.candidates] == pytest.approx(
-        [2 * e + v for e, v in zip(expected, verifier)], abs=1e-5)  # float32 on the record
+    rewards = [jc.reward for jc in outcome.judgments.candidates]
+    assert rewards == pytest.approx([2 * e + v for e, v in zip(expected, verifier)], abs=1e-5)  # float32 on the record
+    # the DPO pair is chosen by the same mix: best and worst reward
+    assert outcome.pair.chosen == texts[rewards.index(max(rewards))]
+    assert outcome.pair.rejected == texts[rewards.index(min(rewards))]
 
 
 def test_a_bad_reward_model_version_is_refused_naming_the_field(m0):

@@ -172,8 +172,11 @@ def test_a_service_may_choose_its_own_engine(tmp_path):
     on_vllm = parse_config({"engine": {"dtype": "float32", "services": {"evaluation": {"kind": "vllm", "dtype": "bfloat16"}}}},
                            environ={})
     assert isinstance(ModelHost("evaluation", on_vllm)._get_engine(), VLLMEngine)
-    assert EvaluationSuite(on_vllm, ModelStore(tmp_path), None)._engine_key == "vllm-bfloat16"
-    assert EvaluationSuite(config, ModelStore(tmp_path), None)._engine_key == "transformers-float32"
+    store = ModelStore(tmp_path)
+    assert EvaluationSuite(on_vllm, store, ModelHost("evaluation", on_vllm, store))._engine_key == "vllm-bfloat16"
+    assert EvaluationSuite(config, store, ModelHost("evaluation", config, store))._engine_key == "transformers-float32"
+    # keyed by the engine that answers: a host of another service runs that service's engine
+    assert EvaluationSuite(on_vllm, store, ModelHost("bench", on_vllm, store))._engine_key == "transformers-float32"
     env = {"SRLM_ENGINE__SERVICES__JUDGE__MAX_BATCH_SIZE": "4"}
     assert parse_config({}, environ=env).engine.for_service("judge").max_batch_size == 4
 

@@ -145,7 +145,7 @@ class EvaluationSuite:
         self.base_version = base_version
         self._pairwise: PairwiseJudge | None = None
         # greedy answers and judgments differ in float detail between engines and precisions: cached apart
-        engine = config.engine.for_service("evaluation")
+        engine = host.engine_config  # the engine that answers, whichever service's host it is
         self._engine_key = f"{engine.kind}-{engine_dtype(engine.dtype, resolve_device(engine.device))}"
 
     # ------------------------------------------------------------------ data

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from srlm.config import SRLMConfig
+from srlm.config import EngineConfig, SRLMConfig
 from srlm.models.engines import Conversation, GenerationEngine, GenerationResult, SamplingParams, create_engine
 from srlm.models.store import ModelStore
 from srlm.runtime import metrics
@@ -39,6 +39,11 @@ class ModelHost:
         self.on_load: list[Callable[[str], None]] = []  # e.g. health: SERVING once a model is loaded
         self.instance = f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
         self._spans = threading.local()  # (start, end) wall times of the engine calls inside work()
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        """The engine this host runs (its service's ``engine.services`` choice)."""
+        return self._engine_config
 
     def _get_engine(self) -> GenerationEngine:
         if self._engine is None:

@@ -4,6 +4,7 @@
     python bench/engines.py --work judge         # judging: 8 sets of 4 responses x k=3, 64 max tokens
     python bench/engines.py --engines transformers --prompts 8
     python bench/engines.py --work judge --records-per-call 8   # as the judge service batches (kafka.batch_records)
+    python bench/engines.py --lora-rank 16       # an adapter version served unmerged vs its merged folder
 
 ``--work sample`` is the sampler's: n answers per prompt. ``--work judge`` is the judge
 service's (``srlm.judge.stage.Judge.score_sets``, ``--records-per-call`` candidate sets per call,
@@ -11,6 +12,11 @@ as the service batches the records of one poll): the paper's judge prompt on Alp
 prompt (another prompt's answer, a non-answer, gibberish), k judgments each with ``--max-tokens``,
 and a forced verdict for every judgment without one (``judge.forced_verdict``, as the tiny and
 small configs run it).
+
+``--lora-rank R`` measures what serving an adapter version costs: a LoRA of rank R on every
+linear layer of M0 (random, small, so the answers stay M0's), each engine once with the merged
+full folder and once with M0 plus the adapter as the engine serves an adapter version (PEFT
+unmerged on transformers, a ``LoRARequest`` on a LoRA-enabled vLLM), and adapter / merged.
 
 Each engine runs in a child process of its own, so their memory peaks are separate. Peak
 RSS is the larger of the child's own ru_maxrss (exact) and the RSS summed over its process
@@ -55,9 +61,13 @@ def worker(args: argparse.Namespace) -> None:
     from srlm.config import EngineConfig
     from srlm.models.engines import SamplingParams, create_engine
 
+    lora = {"max_lora_rank": args.max_lora_rank} if args.max_lora_rank else {}
     engine = create_engine(EngineConfig(kind=args.worker, dtype=args.dtype, max_batch_size=args.batch_size,
-                                        cpu_kv_cache_gib=args.kv_cache_gib))
-    engine.load(Path(args.model_dir), "m0")
+                                        cpu_kv_cache_gib=args.kv_cache_gib, **lora))
+    if args.adapter_dir:
+        engine.load_adapter(Path(args.model_dir), "m0", Path(args.adapter_dir), "m0-lora")
+    else:
+        engine.load(Path(args.model_dir), "m0")
     start_s = time.perf_counter() - t0
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                             seed=1)
@@ -130,13 +140,38 @@ def judge_work(engine, args: argparse.Namespace, params) -> tuple[int, int]:
     return counting.output_tokens, judge.stats.total
 
 
-def run_engine(kind: str, model_dir: Path, args: argparse.Namespace) -> dict:
+def make_adapter(model_dir: Path, rank: int, out: Path) -> tuple[Path, Path]:
+    """A LoRA of ``rank`` on every linear layer of the model in ``model_dir`` (B random and small,
+    so the merged model still answers like the base) and its merged full folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from srlm.models.adapters import merge_into_folder
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
+                                            init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.01)
+    adapter_dir, merged_dir = out / "adapter", out / "merged"
+    lora.save_pretrained(adapter_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(adapter_dir)
+    merge_into_folder(model_dir, adapter_dir, merged_dir)
+    return adapter_dir, merged_dir
+
+
+def run_engine(kind: str, model_dir: Path, args: argparse.Namespace, adapter_dir: Path | None = None) -> dict:
     from srlm.local import tree_rss
 
-    cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir)] + [
+    cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", str(model_dir)] + (
+        [f"--adapter-dir={adapter_dir}", f"--max-lora-rank={args.lora_rank}"] if adapter_dir else []) + [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
         for k in ("work", "prompts", "records_per_call", "n", "temperature", "top_p", "max_tokens", "dtype", "batch_size", "kv_cache_gib")]
-    log = open(Path(args.log_dir) / f"{kind}.log", "w")
+    log = open(Path(args.log_dir) / f"{kind}{'-adapter' if adapter_dir else ''}.log", "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     peak = 0
     done = threading.Event()
@@ -177,10 +212,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch-size", type=int, default=16, help="transformers engine max_batch_size")
     parser.add_argument("--kv-cache-gib", type=float, default=2, help="vLLM CPU KV cache")
+    parser.add_argument("--lora-rank", type=int, help="serve a LoRA of this rank unmerged vs merged (see above)")
     parser.add_argument("--store", help="model store holding M0 (default: a temporary one)")
     parser.add_argument("--log-dir", default=tempfile.gettempdir())
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--adapter-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--max-lora-rank", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name, sample, judge in (("prompts", 32, 8), ("n", 4, 3), ("max_tokens", 128, 64)):
         if getattr(args, name) is None:
@@ -197,16 +235,30 @@ def main() -> None:
         store = ModelStore(args.store or tmp)
         import_base_model(store, version_id="m0")
         model_dir = store.path("m0")
-        results = [run_engine(kind, model_dir, args) for kind in args.engines.split(",")]
+        if args.lora_rank:
+            adapter_dir, merged_dir = make_adapter(model_dir, args.lora_rank, Path(tmp) / "lora")
+            results = []
+            for kind in args.engines.split(","):
+                results += [{**run_engine(kind, merged_dir, args), "form": "merged"},
+                            {**run_engine(kind, model_dir, args, adapter_dir), "form": f"adapter r{args.lora_rank}"}]
+        else:
+            results = [run_engine(kind, model_dir, args) for kind in args.engines.split(",")]
 
     unit = "candidate sets of 4 responses, judged k" if args.work == "judge" else "prompts x n"
     print(f"\n{args.work}: {args.prompts} {unit}={args.n}, T={args.temperature}, top_p={args.top_p}, "
           f"max_tokens={args.max_tokens}, {args.records_per_call} per call, {args.dtype}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}\n")
     what = "judgments" if args.work == "judge" else "samples"
-    print(f"{'engine':<14}{'start s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{what + '/s':>13}{'peak RSS GiB':>14}")
+    print(f"{'engine':<14}{'form':<12}{'start s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{what + '/s':>13}"
+          f"{'peak RSS GiB':>14}")
     for r in results:
-        print(f"{r['engine']:<14}{r['start_s']:>9.1f}{r['gen_s']:>9.1f}{r['output_tokens']:>9}"
+        print(f"{r['engine']:<14}{r.get('form', ''):<12}{r['start_s']:>9.1f}{r['gen_s']:>9.1f}{r['output_tokens']:>9}"
               f"{r['tok_s']:>9.1f}{r['samples'] / r['gen_s']:>13.2f}{r['peak_rss_gib']:>14.2f}")
+    if args.lora_rank:
+        for merged, adapter in zip(results[::2], results[1::2]):
+            print(f"{merged['engine']}: adapter / merged: output tok/s x{adapter['tok_s'] / merged['tok_s']:.2f}, "
+                  f"start time x{adapter['start_s'] / merged['start_s']:.2f}, "
+                  f"peak RSS x{adapter['peak_rss_gib'] / merged['peak_rss_gib']:.2f}")
+        return
     by_name = {r["engine"]: r for r in results}
     if {"transformers", "vllm"} <= by_name.keys():
         hf, vl = by_name["transformers"], by_name["vllm"]

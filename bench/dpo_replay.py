@@ -5,8 +5,9 @@ the round trained on (``<store>/datasets/<version>.dpo.jsonl``, as the trainer g
 config's DPO settings, so ``SRLM_DPO__*`` variables (e.g. ``SRLM_DPO__DROPOUT=0``) train another
 version on the same pairs; the result goes to a scratch store (with a copy of the parent, the
 recorded version and their cached evaluations), never to the run's. Then the suite's IFEval part
-for the parent, the recorded version and the replayed one, each against the parent: prompt- and
-instruction-level accuracy, strict and loose, mean length, 95% bootstrap intervals, paired tests.
+for the parent, the recorded version and the replayed one, each against the parent, as ``srlm eval`` prints them:
+prompt- and instruction-level accuracy, strict and loose, mean length, 95% bootstrap intervals,
+paired tests.
 ``SRLM_EVALUATION__IFEVAL_PROMPTS`` sets the held-out size (541: all of IFEval).
 
     python bench/dpo_replay.py --config configs/rlvr-dpo.yaml --version RUN.m2 [--scratch /tmp/srlm-dpo-replay]
@@ -19,13 +20,11 @@ import shutil
 import time
 
 from srlm.config import load_config
+from srlm.evaluation.report import table
 from srlm.evaluation.suite import EvaluationSuite
 from srlm.models.store import ModelStore
 from srlm.runtime.model_host import ModelHost
 from srlm.trainer.dpo import train_dpo
-
-FIGURES = ("ifeval.prompt_strict", "ifeval.prompt_loose", "ifeval.instruction_strict", "ifeval.instruction_loose",
-           "length.mean_tokens")
 
 
 def main() -> None:
@@ -54,14 +53,9 @@ def main() -> None:
 
     host = ModelHost("evaluation", config, scratch)
     suite = EvaluationSuite(config, scratch, host, base_version=parent)
-    print(f"\n| version | " + " | ".join(FIGURES) + f" | prompt strict vs {parent}: diff, p |")
-    print("|---|" + "---|" * (len(FIGURES) + 1))
-    for version in (parent, args.version, name):
-        ev = suite.evaluate(version, baseline=None if version == parent else parent, parts=("ifeval",))
-        cells = [f"{ev.value(f):.3f} [{ev.metrics[f]['low']:.3f}, {ev.metrics[f]['high']:.3f}]" for f in FIGURES]
-        test = ev.tests.get("ifeval.prompt_strict")
-        cells.append(f"{test['diff']:+.3f}, p={test['p_value']:.3f}" if test else "-")
-        print(f"| {version} | " + " | ".join(cells) + " |", flush=True)
+    evaluations = [suite.evaluate(v, baseline=None if v == parent else parent, parts=("ifeval",))
+                   for v in (parent, args.version, name)]
+    print("\n" + table(evaluations))
     host.close()
 
 

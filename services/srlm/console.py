@@ -187,6 +187,7 @@ def inspect_group(config: SRLMConfig, group_id: str) -> int:
     advantage (PPO's advantages are per token, from its value head, and exist only in training)."""
     from srlm.recipe.rewards import group_advantages
     from srlm.runtime.pipeline import read_topic
+    from srlm.runtime.records import reward_of
     from srlm.runtime.runconfig import from_yaml
 
     judged = next((j for j in read_topic(config, "judgments") if j.meta.id == group_id), None)
@@ -202,7 +203,7 @@ def inspect_group(config: SRLMConfig, group_id: str) -> int:
         console.print(f"verification: {list(v.instruction_ids) or f'label {v.label!r} of {list(v.labels)}'}")
     run = next((r for r in read_topic(config, "runs") if r.run_id == judged.meta.run_id), None)
     objective = from_yaml(run.config_yaml, config).run.objective if run is not None else "grpo"
-    rewards = [jc.reward if jc.HasField("reward") else None for jc in judged.candidates]
+    rewards = [reward_of(jc) for jc in judged.candidates]
     advantages = group_advantages(rewards) if objective == "grpo" else [None] * len(rewards)
     if objective != "grpo":
         console.print(f"run.objective {objective}: no group advantages (GRPO's); "

@@ -15,7 +15,7 @@ from srlm.recipe.pairs import ScoredCandidate, build_pair
 from srlm.recipe.rewards import LabelRewards, RewardMix, Verification, verifier_reward
 from srlm.runtime import metrics
 from srlm.runtime.model_host import ModelHost
-from srlm.runtime.records import child_meta, seed_for
+from srlm.runtime.records import child_meta, reward_of, seed_for
 from srlm.v1 import records_pb2
 
 DECISIONS = {
@@ -237,7 +237,7 @@ def _outcome(cs: records_pb2.CandidateSet, version: str, judged: list[records_pb
         out.candidates.append(jc)
         # the pair is chosen by the reward mix, as the online objectives train on it: with the
         # paper's weights the self-judge's mean score, with a verifier or a reward model theirs too
-        scored.append(ScoredCandidate(cand.index, jc.reward if jc.HasField("reward") else None, cand.num_tokens,
+        scored.append(ScoredCandidate(cand.index, reward_of(jc), cand.num_tokens,
                                       has_score_statement=jc.score_statement))
     outcome = build_pair(scored, judge.config.pairs)
     out.decision = DECISIONS[outcome.decision]

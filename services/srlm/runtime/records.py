@@ -19,6 +19,11 @@ def child_meta(parent: records_pb2.RecordMeta, record_id: str, model_version: st
     return meta(parent.run_id, parent.iteration, model_version or parent.model_version, record_id, parent.trace_id)
 
 
+def reward_of(judged: records_pb2.JudgedCandidate) -> float | None:
+    """A judged candidate's reward (the weighted sum of its reward sources), None when none scored it."""
+    return judged.reward if judged.HasField("reward") else None
+
+
 def seed_for(*parts: object) -> int:
     """A stable 63-bit sampling seed from ids: a replayed record is sampled exactly as before."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()

@@ -22,7 +22,7 @@ from srlm.models.store import DatasetNotFound, ModelStore
 from srlm.runtime.memory import release_freed_memory
 from srlm.runtime.model_host import ModelHost
 from srlm.runtime.pipeline import StageWorker, read_topic
-from srlm.runtime.records import meta, model_version_record
+from srlm.runtime.records import meta, model_version_record, reward_of
 from srlm.runtime.runconfig import from_yaml
 from srlm.runtime.server import ServiceHandle, start_grpc_server
 from srlm.trainer.data import TrainingDataError
@@ -112,7 +112,7 @@ def grpo_rows(config: SRLMConfig, run_id: str, iteration: int, group_ids: list[s
     rows = []
     for group_id in sorted(wanted):
         cs, js = sampled[group_id], judged[group_id]
-        rewards = {jc.candidate_id: jc.reward if jc.HasField("reward") else None for jc in js.candidates}
+        rewards = {jc.candidate_id: reward_of(jc) for jc in js.candidates}
         rows.append({"group_id": group_id, "prompt": cs.prompt, "temperature": cs.params.temperature,
                      "candidates": [{"candidate_id": c.candidate_id, "text": c.text, "reward": rewards[c.candidate_id],
                                      "token_ids": list(c.token_ids), "logprobs": list(c.token_logprobs)}
